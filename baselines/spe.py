@@ -1,0 +1,265 @@
+"""Stochastic positional encoding (SPE; Liutkus et al., ICML 2021), MATH.md section 4.
+
+SPE draws random codes Qbar_d(m, .) and Kbar_d(n, .) of R realisations per head h and feature d, whose
+expected product is a learned stationary kernel: ``E[sum_r Qbar_d(m, r) Kbar_d(n, r)] ∝ P_d(m - n)``.
+Applying them, ``q^_m[r] = sum_d q_md Qbar_d(m, r)`` and ``k^_n[r] = sum_d k_nd Kbar_d(n, r)``, turns
+(B, H, N, D) queries and keys into (B, H, N, R) ones whose dot product is, in expectation, a relative-position
+attention score; a linear attention (feature map included) then runs on q^, k^ unchanged. Nothing of size
+N x N is formed, so time and memory stay linear in N.
+
+With gating, each code is mixed with a position-independent noise shared by queries and keys,
+``Qbar <- sqrt(1 - sigma) Qbar + sqrt(sigma) eps``, ``sigma = sigmoid(g)`` per (h, d), and the oracle is
+
+    E[q^_m . k^_n] = sqrt(R / D) sum_d q_md k_nd [(1 - sigma_d) P_d(m - n) + sigma_d]
+
+(``expected_dot``; sigma = 0 when ungated). Codes are shared across the batch.
+
+Randomness: the codes are drawn afresh at every call, in training and at evaluation alike, so two calls on
+the same input differ. Pass a ``torch.Generator`` to ``forward`` (or set the module's ``generator``
+attribute, used when none is passed) to make a run reproducible; a benchmark or evaluation must seed it and
+say so. Reseeding before each call reproduces the same codes.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lrpe.rotation import angle_dtype, positions
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+
+
+def _fft_length(n: int) -> int:
+    """The smallest integer >= n with no prime factor above 5: FFTs of such lengths are fast everywhere,
+    while N + 2k for a power-of-two N is often 2^a times a large prime."""
+    best = 1 << (n - 1).bit_length()
+    power5 = 1
+    while power5 < best:
+        power35 = power5
+        while power35 < best:
+            length = power35
+            while length < n:
+                length *= 2
+            best = min(best, length)
+            power35 *= 3
+        power5 *= 5
+    return best
+
+
+class _SPE(nn.Module, ABC):
+    """What sineSPE and convSPE share: input checks, noise, gating, applying the codes and the oracle.
+
+    Subclasses provide ``kernel(delta)`` and ``_positional(q, k, offset, generator)``, which applies the
+    ungated, unnormalised codes: ``sum_d q_md Qbar_d(m, r)`` and ``sum_d k_nd Kbar_d(n, r)``, each
+    (B, H, N, R). The gate is applied here, by linearity: ``sum_d q_md (sqrt(1 - sigma_d) Qbar_d(m, r) +
+    sqrt(sigma_d) eps_dr)`` is the positional part applied to ``sqrt(1 - sigma) q`` plus ``sqrt(sigma) q``
+    times eps, so no gated copy of the codes is formed.
+    """
+
+    def __init__(self, num_heads: int, head_dim: int, num_realizations: int, gated: bool) -> None:
+        super().__init__()
+        _check_positive(num_heads=num_heads, head_dim=head_dim, num_realizations=num_realizations)
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.num_realizations = num_realizations
+        # sigma = sigmoid(0) = 1/2 at start: as much position-independent as positional signal, free to move.
+        self.gate = nn.Parameter(torch.zeros(num_heads, head_dim)) if gated else None
+        self.generator: torch.Generator | None = None
+
+    def _check(self, q: Tensor, k: Tensor) -> None:
+        for name, t in (("q", q), ("k", k)):
+            if t.dim() != 4:
+                raise ValueError(f"{name} must have shape (B, H, N, D), got {tuple(t.shape)}")
+            if not t.is_floating_point():
+                raise ValueError(f"{name} must have a floating dtype, got {t.dtype}")
+        if q.shape != k.shape:
+            raise ValueError(f"q and k must have one shape, got q {tuple(q.shape)} and k {tuple(k.shape)}")
+        if q.shape[1] != self.num_heads:
+            raise ValueError(f"expected {self.num_heads} heads, got H={q.shape[1]} in {tuple(q.shape)}")
+        if q.shape[3] != self.head_dim:
+            raise ValueError(f"expected head_dim {self.head_dim}, got D={q.shape[3]} in {tuple(q.shape)}")
+
+    @staticmethod
+    def _noise(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device,
+               dtype: torch.dtype) -> Tensor:
+        """Standard normal noise, drawn on the generator's device so a CPU generator also seeds GPU runs."""
+        if generator is None:
+            return torch.randn(shape, device=device, dtype=dtype)
+        return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
+
+    def sigma(self) -> Tensor:
+        """The gate sigma = sigmoid(g), (H, D) float64; zeros when ungated."""
+        if self.gate is None:
+            return torch.zeros(self.num_heads, self.head_dim, dtype=torch.float64)
+        return torch.sigmoid(self.gate.to(torch.float64))
+
+    @abstractmethod
+    def kernel(self, delta: Tensor | list[int]) -> Tensor:
+        """The stationary kernel P_d(delta) at offsets delta = m - n: (H, D, len(delta)), float64."""
+
+    @abstractmethod
+    def _positional(self, q: Tensor, k: Tensor, offset: int,
+                    generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        """q, k (B, H, N, D) in the compute dtype -> the ungated, unnormalised codes applied, (B, H, N, R)."""
+
+    def forward(self, q: Tensor, k: Tensor, offset: int = 0,
+                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """q, k: raw (not feature-mapped) queries and keys (B, H, N, D) at positions ``offset + arange(N)``.
+
+        Returns (q^, k^), each (B, H, N, R), in the inputs' dtypes; codes are computed in float32 (float64 for
+        float64 inputs). ``generator`` (else the ``generator`` attribute, else torch's global generator) draws
+        the codes: fresh ones at every call, in training and evaluation alike, unless it is reseeded.
+        """
+        self._check(q, k)
+        generator = generator if generator is not None else self.generator
+        dtype = angle_dtype(q.dtype)
+        qc, kc = q.to(dtype), k.to(dtype)
+        if self.gate is None:
+            q_hat, k_hat = self._positional(qc, kc, offset, generator)
+        else:
+            # sqrt(sigmoid(x)) as exp(logsigmoid(x) / 2): no 0 * inf gradient when the gate saturates.
+            gate = self.gate.to(dtype)[:, None, :]  # (H, 1, D)
+            keep = torch.exp(0.5 * F.logsigmoid(-gate))
+            mix = torch.exp(0.5 * F.logsigmoid(gate))
+            q_hat, k_hat = self._positional(qc * keep, kc * keep, offset, generator)
+            # One position-independent noise (H, D, R), shared by queries and keys.
+            shape = (self.num_heads, self.head_dim, self.num_realizations)
+            eps = self._noise(shape, generator, q.device, dtype)
+            q_hat = q_hat + (qc * mix) @ eps
+            k_hat = k_hat + (kc * mix) @ eps
+        scale = (self.num_realizations * self.head_dim) ** -0.25
+        return (q_hat * scale).to(q.dtype), (k_hat * scale).to(k.dtype)
+
+    def expected_dot(self, q: Tensor, k: Tensor) -> Tensor:
+        """The exact oracle E[q^_m . k^_n] over the codes, (B, H, N, N) float64, for q, k (B, H, N, D).
+
+        ``sqrt(R / D) sum_d q_md k_nd [(1 - sigma_d) P_d(m - n) + sigma_d]``; builds N x N, for tests only.
+        """
+        self._check(q, k)
+        n = q.shape[2]
+        table = self.kernel(torch.arange(-(n - 1), n))
+        sigma = self.sigma().to(table.device)[..., None]
+        mixed = (1 - sigma) * table + sigma  # (H, D, 2N - 1)
+        idx = torch.arange(n, device=table.device)
+        per_pair = mixed[:, :, idx[:, None] - idx[None, :] + n - 1]  # (H, D, N, N), entry [m, n] at m - n
+        dots = torch.einsum("bhmd,bhnd,hdmn->bhmn", q.to(torch.float64), k.to(torch.float64), per_pair)
+        return math.sqrt(self.num_realizations / self.head_dim) * dots
+
+
+class SineSPE(_SPE):
+    """sineSPE: per (h, d), a kernel that is a sum of K learned sinusoids.
+
+    ``P_d(delta) = (1 / 2K) sum_k lambda_dk^2 cos(2 pi f_dk delta + theta_dk)`` with frequencies
+    ``f = sigmoid(param) / 2`` in (0, 1/2) cycles per token, query-side phases theta (radians) and gains
+    ``lambda = softplus(param)``. Codes use Gaussian noise Z (H, D, 2K, R) of variance 1/(2K):
+    ``Qbar[m] = [lambda cos(2 pi f m + theta), lambda sin(2 pi f m + theta)] Z`` and
+    ``Kbar[n] = [lambda cos(2 pi f n), lambda sin(2 pi f n)] Z`` (before the (R D)^(-1/4) scale).
+    Z does not depend on N, so with a generator reseeded identically, a call at ``offset=t`` reproduces row t
+    of a full-sequence call (decoding). The paper's code uses K = 5..10, R = 32..64.
+    """
+
+    def __init__(self, num_heads: int, head_dim: int, *, num_sines: int = 10, num_realizations: int = 64,
+                 gated: bool = True) -> None:
+        _check_positive(num_sines=num_sines)
+        super().__init__(num_heads, head_dim, num_realizations, gated)
+        self.num_sines = num_sines
+        shape = (num_heads, head_dim, num_sines)
+        # sigmoid(-4 +- 1) / 2 gives periods of about 40 to 300 tokens: mostly slow sinusoids, so the kernel
+        # starts smooth over the distances a model first learns from.
+        self.freq = nn.Parameter(torch.randn(shape) - 4.0)
+        self.phase = nn.Parameter(torch.randn(shape))
+        self.gain = nn.Parameter(torch.randn(shape))
+
+    def _parameters64(self) -> tuple[Tensor, Tensor, Tensor]:
+        return (torch.sigmoid(self.freq.double()) / 2, F.softplus(self.gain.double()), self.phase.double())
+
+    def kernel(self, delta: Tensor | list[int]) -> Tensor:
+        f, gain, phase = self._parameters64()
+        delta = torch.as_tensor(delta, dtype=torch.float64, device=f.device)
+        angle = 2 * math.pi * f[..., None] * delta + phase[..., None]  # (H, D, K, L)
+        return (gain[..., None] ** 2 * angle.cos()).sum(-2) / (2 * self.num_sines)
+
+    def _positional(self, q: Tensor, k: Tensor, offset: int,
+                    generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        h, d, s, r = self.num_heads, self.head_dim, self.num_sines, self.num_realizations
+        dtype = q.dtype
+        z = self._noise((h, d, 2 * s, r), generator, q.device, dtype) / math.sqrt(2 * s)
+        f = torch.sigmoid(self.freq.to(dtype))[:, None] / 2  # (H, 1, D, K)
+        gain = F.softplus(self.gain.to(dtype))[:, None]
+        pos = positions(q.shape[2], offset, device=q.device, dtype=dtype)[:, None, None]
+        angle = 2 * math.pi * pos * f  # (H, N, D, K)
+
+        def apply(x: Tensor, angles: Tensor) -> Tensor:
+            # sum_d x_d Qbar_d = sum_(d, s) (x_d feature_ds) Z_dsr: one matmul per head against the (D 2K, R)
+            # noise, without forming the (H, N, D, R) codes, R / 2K times larger than one batch row of this.
+            features = torch.cat((gain * angles.cos(), gain * angles.sin()), dim=-1)  # (H, N, D, 2K)
+            return (x[..., None] * features).flatten(-2) @ z.flatten(1, 2)
+
+        return apply(q, angle + self.phase.to(dtype)[:, None]), apply(k, angle)
+
+    def extra_repr(self) -> str:
+        return (f"num_heads={self.num_heads}, head_dim={self.head_dim}, num_sines={self.num_sines}, "
+                f"num_realizations={self.num_realizations}, gated={self.gate is not None}")
+
+
+class ConvSPE(_SPE):
+    """convSPE: per (h, d), a kernel that is the cross-correlation of two learned filters of length k.
+
+    White noise w of length N + 2k per (h, d, r) is filtered by the query filter a and the key filter b,
+    ``Qbar[m] = sum_j a_j w[m + k + j]``, ``Kbar[n] = sum_j b_j w[n + k + j]`` (cropped to N, away from the
+    ends), so ``P_d(delta) = sum_j a_j b_{j + delta}``, zero for |delta| >= k. The filtering runs as an
+    FFT, O(N log N) per channel. The codes are stationary draws over the window: ``offset`` does not change
+    their distribution, and a call at ``offset=t`` does not reproduce row t of a longer call (the noise
+    depends on N). The paper's code uses k = 128.
+    """
+
+    def __init__(self, num_heads: int, head_dim: int, *, kernel_size: int = 128, num_realizations: int = 64,
+                 gated: bool = True) -> None:
+        _check_positive(kernel_size=kernel_size)
+        super().__init__(num_heads, head_dim, num_realizations, gated)
+        self.kernel_size = kernel_size
+        # 1/sqrt(k) keeps each code's variance near 1 whatever the filter length.
+        shape = (num_heads, head_dim, kernel_size)
+        self.query_filter = nn.Parameter(torch.randn(shape) / math.sqrt(kernel_size))
+        self.key_filter = nn.Parameter(torch.randn(shape) / math.sqrt(kernel_size))
+
+    def kernel(self, delta: Tensor | list[int]) -> Tensor:
+        k = self.kernel_size
+        a, b = self.query_filter.double(), self.key_filter.double()
+        # windows[..., i, j] = b[j + i - (k - 1)] (zero outside the filter): row i holds delta = i - (k - 1).
+        windows = F.pad(b, (k - 1, k - 1)).unfold(-1, k, 1)  # (H, D, 2k - 1, k)
+        table = (windows * a[..., None, :]).sum(-1)  # (H, D, 2k - 1)
+        delta = torch.as_tensor(delta, dtype=torch.long, device=a.device)
+        inside = delta.abs() < k
+        values = table[..., (delta + k - 1).clamp(0, 2 * k - 2)]
+        return torch.where(inside, values, torch.zeros((), dtype=values.dtype, device=values.device))
+
+    def _positional(self, q: Tensor, k: Tensor, offset: int,
+                    generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        h, n, d, r, size = self.num_heads, q.shape[2], self.head_dim, self.num_realizations, self.kernel_size
+        dtype = q.dtype
+        noise = self._noise((h, d, r, n + 2 * size), generator, q.device, dtype)
+        # A circular correlation over a length >= N + 2k equals the linear one on the rows kept,
+        # whose taps t + j all stay below N + 2k.
+        length = _fft_length(n + 2 * size)
+        spectrum = torch.fft.rfft(noise, n=length)  # (H, D, R, F)
+
+        def apply(x: Tensor, weights: Tensor) -> Tensor:
+            response = torch.fft.rfft(weights.to(dtype), n=length).conj()[:, :, None]  # (H, D, 1, F)
+            codes = torch.fft.irfft(spectrum * response, n=length)[..., size : size + n]  # (H, D, R, N)
+            return torch.einsum("bhnd,hdrn->bhnr", x, codes)
+
+        return apply(q, self.query_filter), apply(k, self.key_filter)
+
+    def extra_repr(self) -> str:
+        return (f"num_heads={self.num_heads}, head_dim={self.head_dim}, kernel_size={self.kernel_size}, "
+                f"num_realizations={self.num_realizations}, gated={self.gate is not None}")

@@ -1,0 +1,56 @@
+"""Parametrise bench/test_*.py over the planned sweep; write the run's frame and summary at the end."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.cli import overrides_from
+
+SWEEP_KEY = pytest.StashKey()
+SKIP_REASON = "benchmark modules run only with --benchmark (pytest bench/ --benchmark)"
+
+
+def _sweep(config: pytest.Config):
+    """The session's Sweep, made once (its ceilings are measured at collection)."""
+    if SWEEP_KEY not in config.stash:
+        from bench.presets import load_spec
+        from bench.store import DEFAULT_RESULTS_DIR
+        from bench.sweep import Sweep
+
+        options = {name: config.getoption(name) for name in
+                   ("n", "d", "variants", "dtype", "causal", "pass_", "heads", "batch", "tokens_per_batch",
+                    "seed", "time_limit", "config_time_limit", "memory_limit")}
+        spec = load_spec(config.getoption("preset"), device=config.getoption("device"),
+                         overrides=overrides_from(options))
+        config.stash[SWEEP_KEY] = Sweep(spec, results_dir=config.getoption("results_dir") or DEFAULT_RESULTS_DIR,
+                                        run_id=config.getoption("run_id"), shard=config.getoption("shard"),
+                                        profile=config.getoption("profile"))
+    return config.stash[SWEEP_KEY]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "planned" not in metafunc.fixturenames:
+        return
+    if not metafunc.config.getoption("benchmark"):
+        metafunc.parametrize("planned", [pytest.param(None, marks=pytest.mark.skip(reason=SKIP_REASON),
+                                                      id="needs-benchmark-flag")])
+        return
+    planned = _sweep(metafunc.config).planned
+    metafunc.parametrize("planned", planned, ids=[p.config.key.replace("|", "-") for p in planned])
+
+
+@pytest.fixture(scope="session")
+def bench_sweep(request: pytest.FixtureRequest):
+    return _sweep(request.config)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
+    if SWEEP_KEY not in config.stash:
+        return
+    from bench.summary import summary_text
+
+    sweep = config.stash[SWEEP_KEY]
+    frame_path = sweep.finish()
+    terminalreporter.write_sep("=", "attention sweep")
+    terminalreporter.write_line(summary_text(sweep.store.frame()))
+    terminalreporter.write_line(f"results: {sweep.store.path}  ({frame_path.name}, rows.jsonl, environment.json)")

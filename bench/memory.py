@@ -1,0 +1,211 @@
+"""Peak memory of one call, memory still available, and telling out-of-memory failures from other errors.
+
+GPU peaks come from PyTorch's caching allocator. CPU peaks come from the process's resident-set high-water
+mark (VmHWM), reset before the call through /proc/self/clear_refs; ``tracemalloc`` would not see tensors.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import cache
+from pathlib import Path
+
+import torch
+
+PROC_STATUS = Path("/proc/self/status")
+PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
+PROC_MEMINFO = Path("/proc/meminfo")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+_CLEAR_REFS_RESET_HWM = "5"
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_SMALL_MMAP_THRESHOLD = 128 * 2**10  # glibc's initial default
+_GLIBC_MAX_MMAP_THRESHOLD = 4 * 2**20 * ctypes.sizeof(ctypes.c_long)  # where glibc's dynamic threshold stops
+# After a reset, VmHWM may exceed VmRSS only by what reading /proc itself allocated.
+_RESET_SLACK_BYTES = 4 * 2**20
+
+_OOM_MARKERS = (
+    "out of memory",  # CUDA, HIP and MPS allocators
+    "can't allocate memory",  # "DefaultCPUAllocator: can't allocate memory: you tried to allocate ..."
+    "not enough memory",  # the CPU allocator's message on Windows
+    "alloc_failed",  # CUBLAS_STATUS_ALLOC_FAILED, CUDNN_STATUS_ALLOC_FAILED: a library's workspace
+)
+
+
+class MemoryMeasurementUnavailable(RuntimeError):
+    """Peak memory cannot be measured here; the message says why. Never replaced by an estimate."""
+
+
+def measure_peak_bytes(fn: Callable[[], object], device: str | torch.device) -> int:
+    """Peak memory in bytes used by one call of ``fn`` above what was in use just before it.
+
+    CUDA: the caching allocator's peak of allocated bytes (not reserved) minus those allocated before.
+    CPU: the process's resident-set high-water mark minus its resident set before the call; raises
+    ``MemoryMeasurementUnavailable`` where /proc/self/clear_refs cannot reset the high-water mark. In a
+    fresh process this is the call's live bytes; after other work (timing loops) glibc's heap can hand the
+    call freed blocks that fit badly, and the reading grows by that fragmentation (chunked attention at
+    N = 16k: 80 MiB fresh, 112 MiB after its timing loop, each repeatable). Compare CPU peaks taken after
+    the same history, or measure in a fresh process.
+    """
+    device = torch.device(device)
+    gc.collect()  # garbage from earlier work would otherwise be freed, or not, during fn
+    if device.type == "cuda":
+        return _cuda_peak_bytes(fn, device)
+    if device.type == "cpu":
+        return _cpu_peak_bytes(fn)
+    raise ValueError(f"no peak-memory measurement for device type {device.type!r}")
+
+
+def available_memory_bytes(device: str | torch.device) -> int:
+    """Bytes that new allocations can still get.
+
+    CPU: MemAvailable from /proc/meminfo, lowered to the container's headroom when a cgroup v2 memory limit
+    is set. CUDA: the device's free memory plus what PyTorch's cache holds reserved but unallocated.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free + cached)
+    if device.type == "cpu":
+        available = _meminfo_bytes("MemAvailable")
+        headroom = _cgroup_headroom_bytes()
+        return available if headroom is None else min(available, headroom)
+    raise ValueError(f"no available-memory query for device type {device.type!r}")
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) reports running out of memory: CUDA's
+    OutOfMemoryError, MemoryError, an allocator's RuntimeError, or Triton's OutOfResources (a kernel's tile
+    that does not fit in shared memory)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if _is_oom_itself(current):
+            return True
+        seen.add(id(current))
+        current = current.__cause__  # wrappers (torch.compile, autotuners) keep the original here
+    return False
+
+
+def release_memory(device: str | torch.device) -> None:
+    """Return memory freed by earlier work: collect garbage, then empty PyTorch's CUDA cache or give glibc's
+    free heap pages back to the system, so the next config starts from what is really in use."""
+    gc.collect()
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "cpu" and (libc := _glibc()) is not None:
+        libc.malloc_trim(0)
+
+
+def _cuda_peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return max(0, torch.cuda.max_memory_allocated(device) - base)
+
+
+def _cpu_peak_bytes(fn: Callable[[], object]) -> int:
+    with _glibc_small_mmap_threshold():
+        try:
+            PROC_CLEAR_REFS.write_text(_CLEAR_REFS_RESET_HWM)
+            status = _proc_status_bytes()
+        except OSError as exc:
+            raise MemoryMeasurementUnavailable(
+                f"cannot reset the resident-set high-water mark through {PROC_CLEAR_REFS}: {exc}") from exc
+        base = status["VmRSS"]
+        if status["VmHWM"] - base > _RESET_SLACK_BYTES:
+            raise MemoryMeasurementUnavailable(
+                f"writing {_CLEAR_REFS_RESET_HWM} to {PROC_CLEAR_REFS} did not reset VmHWM "
+                f"({status['VmHWM']} bytes against VmRSS {base})")
+        fn()
+        peak = _proc_status_bytes()["VmHWM"]
+    return max(0, peak - base)
+
+
+@contextmanager
+def _glibc_small_mmap_threshold() -> Iterator[None]:
+    """Make glibc serve every block of 128 KiB or more with its own mmap for the duration, and give free
+    heap pages back to the system first, so that each block of the call adds to the resident set.
+
+    Without this, glibc's dynamic threshold grows to the largest block freed (up to 32 MiB) and blocks below
+    it come from a heap whose freed pages stay resident: a second measurement then reuses them and reads
+    near 0. The threshold is not left small, because it makes every later temporary of 128 KiB to 32 MiB a
+    fresh mmap with page faults, which measured 1.9-2.7x slower CPU timings of chunked attention. It is
+    left fixed where glibc's dynamic threshold stops growing (32 MiB, trim at 64 MiB), which timed the
+    same as glibc's defaults. Outside glibc nothing is changed.
+    """
+    libc = _glibc()
+    if libc is None:
+        yield
+        return
+    libc.mallopt(_M_MMAP_THRESHOLD, _SMALL_MMAP_THRESHOLD)
+    libc.malloc_trim(0)
+    try:
+        yield
+    finally:
+        libc.mallopt(_M_MMAP_THRESHOLD, _GLIBC_MAX_MMAP_THRESHOLD)
+        libc.mallopt(_M_TRIM_THRESHOLD, 2 * _GLIBC_MAX_MMAP_THRESHOLD)
+
+
+@cache
+def _glibc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(None)
+    except OSError:
+        return None
+    if not all(hasattr(libc, name) for name in ("gnu_get_libc_version", "mallopt", "malloc_trim")):
+        return None
+    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    return libc
+
+
+def _proc_status_bytes() -> dict[str, int]:
+    """VmRSS and VmHWM of this process, in bytes (/proc reports kB)."""
+    values = {}
+    for line in PROC_STATUS.read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0]) * 1024
+    return values
+
+
+def _meminfo_bytes(key: str) -> int:
+    for line in PROC_MEMINFO.read_text().splitlines():
+        name, _, rest = line.partition(":")
+        if name == key:
+            return int(rest.split()[0]) * 1024
+    raise KeyError(f"{key} not in {PROC_MEMINFO}")
+
+
+def _cgroup_headroom_bytes() -> int | None:
+    """limit - usage of this container's cgroup v2 memory controller, or None without a limit. A container
+    sees its own cgroup at the root (cgroup namespaces), where MemAvailable still describes the host."""
+    try:
+        limit = (CGROUP_ROOT / "memory.max").read_text().strip()
+        current = int((CGROUP_ROOT / "memory.current").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    if limit == "max":
+        return None
+    return max(0, int(limit) - current)
+
+
+def _is_oom_itself(exc: BaseException) -> bool:
+    if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)):
+        return True
+    if isinstance(exc, RuntimeError) and any(marker in str(exc).lower() for marker in _OOM_MARKERS):
+        return True
+    # Triton is looked up, not imported: if it was never imported, it cannot have raised.
+    triton_errors = sys.modules.get("triton.runtime.errors")
+    out_of_resources = getattr(triton_errors, "OutOfResources", None)
+    return out_of_resources is not None and isinstance(exc, out_of_resources)

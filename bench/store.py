@@ -1,0 +1,131 @@
+"""A run's store: rows appended one JSON line at a time, so a run killed halfway keeps every finished row.
+
+Layout of ``<results>/<run_id>/``:
+    rows.jsonl        one result row per line, written (and fsynced) the moment the row exists
+    environment.json  the environment of each session that wrote to this run (commit, versions, ceilings...)
+    results.csv       the pandas frame of all rows, written at the end of a session (and by ``merge``)
+    profiles/         torch.profiler traces and top-kernel tables when ``--profile`` was given
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+ROWS_FILE = "rows.jsonl"
+ENVIRONMENT_FILE = "environment.json"
+FRAME_FILE = "results.csv"
+DEFAULT_RESULTS_DIR = Path("results")
+
+
+def _clean(value):
+    """JSON has no NaN or infinity: store them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class RunStore:
+    """The files of one run. Opening an existing run id resumes it: ``done_keys()`` lists its configs."""
+
+    def __init__(self, results_dir: str | Path, run_id: str) -> None:
+        if not run_id or "/" in run_id or run_id in (".", ".."):
+            raise ValueError(f"run id must be a non-empty name without '/', got {run_id!r}")
+        self.run_id = run_id
+        self.path = Path(results_dir) / run_id
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.rows_path = self.path / ROWS_FILE
+
+    def rows(self) -> list[dict]:
+        """All rows stored so far. A line cut off by a crash (only possible for a write that was killed) is
+        skipped with a warning; the rows after it are kept."""
+        if not self.rows_path.exists():
+            return []
+        rows = []
+        for number, line in enumerate(self.rows_path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                warnings.warn(f"{self.rows_path}:{number}: skipping a cut-off line (a run was killed mid-write)",
+                              stacklevel=2)
+        return rows
+
+    def done_keys(self) -> set[str]:
+        """Keys of the configs that already have a row (any status): a resumed run skips them."""
+        return {row["key"] for row in self.rows()}
+
+    def append(self, row: dict) -> None:
+        """Write one row and force it to disk before returning."""
+        if "key" not in row:
+            raise ValueError(f"a row needs a 'key', got columns {sorted(row)}")
+        line = json.dumps({name: _clean(value) for name, value in row.items()}, default=str)
+        # A previous session killed mid-write can leave a line without its newline: start a fresh one.
+        needs_newline = False
+        if self.rows_path.exists() and self.rows_path.stat().st_size > 0:
+            with open(self.rows_path, "rb") as existing:
+                existing.seek(-1, os.SEEK_END)
+                needs_newline = existing.read(1) != b"\n"
+        with open(self.rows_path, "a", encoding="utf-8") as handle:
+            if needs_newline:
+                handle.write("\n")
+            handle.write(line + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def environment(self) -> dict:
+        """{"sessions": [environment, ...]}: one entry per session that wrote to this run."""
+        path = self.path / ENVIRONMENT_FILE
+        return json.loads(path.read_text()) if path.exists() else {"sessions": []}
+
+    def add_environment(self, env: dict) -> None:
+        record = self.environment()
+        record["sessions"].append(env)
+        (self.path / ENVIRONMENT_FILE).write_text(json.dumps(record, indent=2, default=str))
+
+    def frame(self) -> pd.DataFrame:
+        """The rows as a DataFrame, one row per config (the last row wins if a key repeats)."""
+        frame = pd.DataFrame(self.rows())
+        if frame.empty:
+            return frame
+        return frame.drop_duplicates(subset="key", keep="last").reset_index(drop=True)
+
+    def write_frame(self) -> Path:
+        """Save the frame as results.csv and return its path."""
+        path = self.path / FRAME_FILE
+        self.frame().to_csv(path, index=False)
+        return path
+
+
+def merge_runs(sources: Iterable[str | Path], results_dir: str | Path, run_id: str) -> RunStore:
+    """Join the stores of several runs (e.g. shards of one sweep) into the run ``run_id``.
+
+    Rows keep their first occurrence per key; every source's environment sessions are kept, each tagged
+    with the run it came from.
+    """
+    merged = RunStore(results_dir, run_id)
+    if merged.rows_path.exists() and merged.rows_path.stat().st_size:
+        raise ValueError(f"merge target {merged.path} already has rows; choose a new run id")
+    seen: set[str] = set()
+    source_paths = [Path(s) for s in sources]
+    if not source_paths:
+        raise ValueError("merge needs at least one source run directory")
+    for source in source_paths:
+        if not (source / ROWS_FILE).exists():
+            raise ValueError(f"{source} is not a run directory (no {ROWS_FILE})")
+        store = RunStore(source.parent, source.name)
+        for row in store.rows():
+            if row["key"] not in seen:
+                seen.add(row["key"])
+                merged.append({**row, "run_id": run_id, "source_run": source.name})
+        for env in store.environment()["sessions"]:
+            merged.add_environment({**env, "source_run": source.name})
+    merged.write_frame()
+    return merged

@@ -1,0 +1,125 @@
+"""A sweep session: the spec, its run store, the environment and ceilings, the plan and the budget.
+
+Both front ends drive it: ``python -m bench run`` loops over ``pending()`` with a progress bar, and
+``pytest bench/ --benchmark`` turns each planned config into a test. Either way each config goes through
+``run_one``, which appends its row to the store before returning it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gc
+import secrets
+import time
+from pathlib import Path
+
+import torch
+
+from bench.ceilings import measure_ceilings
+from bench.environment import collect_environment
+from bench.executor import Executor, Timer
+from bench.memory import available_memory_bytes
+from bench.planner import Budget, Planned, parse_shard, plan
+from bench.presets import SweepSpec
+from bench.store import DEFAULT_RESULTS_DIR, RunStore
+from bench.timing import TimingSettings
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id: UTC time plus 4 random hex digits."""
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
+def timing_settings(spec: SweepSpec) -> TimingSettings:
+    """The device's default timing settings with the preset's [timing] table applied."""
+    base = TimingSettings.for_device(spec.device)
+    unknown = set(spec.timing) - set(base.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown [timing] keys {sorted(unknown)}; allowed: {sorted(base.__dataclass_fields__)}")
+    return TimingSettings(**{**base.__dict__, **spec.timing})
+
+
+class Sweep:
+    """One session of a run. ``run_id=None`` starts a new run; an existing id resumes it."""
+
+    def __init__(self, spec: SweepSpec, *, results_dir: str | Path = DEFAULT_RESULTS_DIR,
+                 run_id: str | None = None, shard: str | None = None, profile: bool = False,
+                 measure_ceilings_now: bool = True) -> None:
+        self.spec = spec
+        self.store = RunStore(results_dir, run_id or new_run_id())
+        self.run_id = self.store.run_id
+        self.shard = parse_shard(shard)
+        self.settings = timing_settings(spec)
+        self.rows: list[dict] = self.store.rows()
+        self.done = {row["key"] for row in self.rows}
+        self.ceilings = self._ceilings(measure_ceilings_now)
+        env = collect_environment(spec.device)
+        env.update(ceilings=self.ceilings, preset=spec.as_dict(), shard=shard, run_id=self.run_id,
+                   torch_threads=torch.get_num_threads())
+        self.environment = env
+        self.store.add_environment(env)
+        self.device_name = env.get("device_name") or spec.device
+        memory_limit = spec.limits.memory_bytes or int(spec.limits.memory_fraction
+                                                       * available_memory_bytes(spec.device))
+        calls = self.settings.warmup_min_calls + self.settings.min_repeats + 1
+        self.budget = Budget(spec.limits, calls_per_config=calls, memory_limit=memory_limit,
+                             matmul_tflops=self.ceilings.get("matmul_tflops"))
+        self.executor = Executor(self.settings, ceilings=self.ceilings, seed=spec.seed,
+                                 profile_dir=self.store.path / "profiles" if profile else None)
+        self.planned = plan(spec, self.shard)
+        # Everything imported so far (torch, the probes' compilers) lives for the whole run: freezing it
+        # takes ~400k objects out of every later gc pass, which otherwise cost ~90 ms per config here.
+        gc.freeze()
+        self.started = time.perf_counter()
+
+    def _ceilings(self, measure: bool) -> dict:
+        """Ceilings are measured once per run: a resumed run reuses the first session's."""
+        for session in self.store.environment()["sessions"]:
+            if session.get("ceilings"):
+                return session["ceilings"]
+        if not measure:
+            return {}
+        return measure_ceilings(self.spec.device, self.spec.dtype[0])
+
+    def pending(self) -> list[Planned]:
+        """Planned configs without a row yet (all of them in a new run)."""
+        return [p for p in self.planned if p.config.key not in self.done]
+
+    def run_one(self, planned: Planned, timer: Timer | None = None) -> dict:
+        """Decide, run (if it may), store and return the row of one planned config."""
+        started = time.perf_counter()
+        config, variant = planned.config, planned.variant
+        if config.key in self.done:
+            return next(r for r in self.rows if r["key"] == config.key)
+        measured: dict = {}
+        status, reason = planned.status, planned.reason
+        prediction = None
+        if status is None:
+            reason, prediction = self.budget.check(planned, self.rows, time.perf_counter() - self.started)
+            status = "over-budget" if reason else None
+        if status is None:
+            measured = self.executor.run(config, variant, timer)
+            status, reason = measured.pop("status"), measured.pop("reason")
+        row = {
+            "run_id": self.run_id, "key": config.key, **config.as_row(),
+            "family": variant.family, "pe": variant.pe, "backend": variant.backend,
+            "time_complexity": variant.time_complexity, "device_name": self.device_name,
+            "status": status, "reason": reason,
+            "predicted_ms": prediction.seconds_per_call * 1e3 if prediction and prediction.seconds_per_call
+            else None,
+            "predicted_peak_bytes": prediction.peak_bytes if prediction else None,
+            "threads": torch.get_num_threads(),
+            "finished_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            **measured,
+        }
+        if "workload_s" in row:
+            row["wall_s"] = time.perf_counter() - started
+            row["overhead_s"] = max(0.0, row["wall_s"] - row["workload_s"])
+        self.store.append(row)
+        self.rows.append(row)
+        self.done.add(config.key)
+        return row
+
+    def finish(self) -> Path:
+        """Write the run's frame (results.csv) and return its path."""
+        return self.store.write_frame()

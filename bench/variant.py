@@ -1,0 +1,109 @@
+"""What the registry knows about one attention variant (the registry table itself is ``bench.registry``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+
+import torch
+from torch import nn
+
+from bench.config import BenchConfig
+
+FAMILIES = ("softmax", "flash", "linear")
+PES = ("none", "ape", "rope", "spe-sine", "spe-conv", "lrpe-unitary", "lrpe-orthogonal", "lrpe-permutation")
+COMPLEXITIES = ("quadratic", "linear")
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    """What a builder needs to make an attention core: the per-head width, head count, masking and a seed."""
+
+    head_dim: int
+    num_heads: int
+    causal: bool = True
+    seed: int = 0
+
+
+Builder = Callable[[AttentionSpec], nn.Module]
+"""Makes an attention core: ``forward(q, k, v, offset=0)`` with q, k (B, H, N, D) and v (B, H, N, Dv),
+returning (B, H, N, Dv) in v's dtype. The executor moves it to the device; it accepts any supported dtype."""
+
+
+def _always_available() -> str | None:
+    return None
+
+
+def _supports_everything(config: BenchConfig) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the registry.
+
+    probe: () -> None when the variant can run on this machine, else the reason (package or hardware
+        missing). Called once and cached.
+    check: (config) -> None when this config can run, else why not (head dim, dtype, device limits of the
+        backend); the registry checks devices, dtypes and causal itself before calling it.
+    key_width: (head_dim) -> width of the features the attention kernel sees (2 D for LRPE-unitary, R for
+        SPE); used by the FLOP formulas.
+    chunk_size: the chunk of chunked linear attention (FLOP formula), None for the other families.
+    in_sweeps: False for entries that time the same kernel as another entry (APE acts at the embedding).
+    """
+
+    name: str
+    family: str
+    pe: str
+    backend: str
+    builder: Builder
+    time_complexity: str
+    memory_complexity: str
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    dtypes: tuple[str, ...] = ("float32", "float64", "bfloat16", "float16")
+    causal_modes: tuple[bool, ...] = (True, False)
+    probe: Callable[[], str | None] = _always_available
+    check: Callable[[BenchConfig], str | None] = _supports_everything
+    key_width: Callable[[int], int] = lambda d: d
+    chunk_size: int | None = None
+    in_sweeps: bool = True
+    description: str = ""
+    options: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"{self.name}: family must be one of {FAMILIES}, got {self.family!r}")
+        if self.pe not in PES:
+            raise ValueError(f"{self.name}: pe must be one of {PES}, got {self.pe!r}")
+        for what in (self.time_complexity, self.memory_complexity):
+            if what not in COMPLEXITIES:
+                raise ValueError(f"{self.name}: complexity must be one of {COMPLEXITIES}, got {what!r}")
+
+    def unavailable_reason(self) -> str | None:
+        """None when this machine can run the variant at all, else why not (cached per process)."""
+        return _probe_once(self.probe)
+
+    def unsupported_reason(self, config: BenchConfig) -> str | None:
+        """None when the variant can take ``config``, else why not: device, dtype, causal, then the backend."""
+        if config.device not in self.devices:
+            return f"device {config.device!r} not supported (supports {list(self.devices)})"
+        if config.dtype not in self.dtypes:
+            return f"dtype {config.dtype!r} not supported (supports {list(self.dtypes)})"
+        if config.causal not in self.causal_modes:
+            return f"causal={config.causal} not supported"
+        return self.check(config)
+
+    def build(self, config: BenchConfig, seed: int = 0) -> nn.Module:
+        """The attention core for ``config``, on its device, parameters seeded by ``seed``."""
+        torch.manual_seed(seed)
+        spec = AttentionSpec(head_dim=config.d, num_heads=config.heads, causal=config.causal, seed=seed)
+        return self.builder(spec).to(config.device)
+
+
+@cache
+def _probe_once(probe: Callable[[], str | None]) -> str | None:
+    try:
+        return probe()
+    except Exception as exc:  # a probe that breaks means the variant cannot run here; keep why
+        return f"availability probe failed: {type(exc).__name__}: {exc}"

@@ -1,0 +1,140 @@
+"""Linear-attention core: the attention-core module protocol of the suite, with optional LRPE/RoPE/SPE.
+
+Pipeline on already-projected q, k (B, H, N, D) and v (B, H, N, Dv):
+
+    qk_transform (e.g. SPE; may change the width)  ->  feature map phi  ->  positional transform
+    (LRPE or any module, e.g. RoPE)  ->  linear attention numerator  [ / denominator ]
+
+With ``normalize=True`` the denominator is ``sum_{t<=s} phi(q_s) . phi(k_t) + eps`` computed on the
+feature-mapped but positionally *untransformed* q, k (RoFormer Eq. 19): transformed scores can be negative,
+so their sum can approach zero. The default, ``normalize=False``, is the LRPE paper's language model: no
+denominator, and a normalisation of the output afterwards (``lrpe.layer.LinearAttention`` does that).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import Tensor, nn
+
+from lrpe.attention import IMPLS, LinearAttentionState, linear_attention, linear_attention_step
+from lrpe.encoding import KINDS, LRPE
+from lrpe.feature_maps import FeatureMap, get_feature_map
+
+POSITIONAL_CHOICES: tuple[str, ...] = ("none", *KINDS)
+
+
+def make_positional(positional: str | nn.Module, head_dim: int, *, p: str = "identity", theta: str = "fixed",
+                    num_heads: int | None = None, seed: int = 0) -> nn.Module | None:
+    """None for "none", an LRPE for a kind name, or the given module (forward(x, offset) -> x')."""
+    if isinstance(positional, nn.Module):
+        return positional
+    if positional == "none":
+        return None
+    if positional in KINDS:
+        return LRPE(positional, head_dim, p=p, theta=theta, num_heads=num_heads, seed=seed)
+    allowed = list(POSITIONAL_CHOICES)
+    raise ValueError(f"unknown positional {positional!r}; allowed: {allowed} or an nn.Module")
+
+
+class LinearAttentionCore(nn.Module):
+    """Linear attention with a feature map and an optional positional transform.
+
+    Args:
+        head_dim: width of the features the positional transform sees (q's width, or qk_transform's output
+            width when one is given); used to build an LRPE.
+        num_heads: None shares LRPE parameters across heads; an int gives each head its own.
+        feature_map: a name of ``lrpe.FEATURE_MAPS`` ("elu1" default) or a callable.
+        positional: "none", "unitary", "orthogonal", "permutation" (an LRPE built with p, theta, seed,
+            num_heads) or a module with ``forward(x, offset) -> x'`` (e.g. RoPE).
+        p, theta: the LRPE's P matrix and theta mode (see ``lrpe.LRPE``).
+        qk_transform: optional module with ``forward(q, k, offset) -> (q', k')`` applied before the feature
+            map (e.g. SPE).
+        normalize: divide by the denominator of the untransformed features plus ``eps`` (module docstring).
+        causal, impl, chunk_size: as in ``lrpe.linear_attention``; ``impl`` may also be an external kernel,
+            a callable ``(q, k, v, *, causal) -> out`` on the transformed features computing the unnormalised
+            numerator (e.g. flash-linear-attention's; the suite registers it as a backend).
+        seed: seeds the LRPE's random parts (Householder v, permutation).
+
+    forward(q, k, v, offset=0): q, k (B, H, N, D), v (B, H, N, Dv) -> (B, H, N, Dv) in v's dtype; token n is
+    at position offset + n.
+    """
+
+    def __init__(self, head_dim: int, *, num_heads: int | None = None, feature_map: str | FeatureMap = "elu1",
+                 positional: str | nn.Module = "none", p: str = "identity", theta: str = "fixed",
+                 qk_transform: nn.Module | None = None, normalize: bool = False, eps: float = 1e-6,
+                 causal: bool = True, impl: str | Callable[..., Tensor] = "chunked", chunk_size: int = 64,
+                 seed: int = 0) -> None:
+        super().__init__()
+        if not callable(impl) and impl not in IMPLS:
+            raise ValueError(f"unknown impl {impl!r}; allowed: {list(IMPLS)} or a kernel callable")
+        if callable(impl) and normalize:
+            raise ValueError("an external kernel impl computes the unnormalised numerator; use normalize=False")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.feature_map = get_feature_map(feature_map)
+        self.positional = make_positional(positional, head_dim, p=p, theta=theta, num_heads=num_heads,
+                                          seed=seed)
+        self.qk_transform = qk_transform
+        self.normalize, self.eps, self.causal = normalize, eps, causal
+        self.impl, self.chunk_size = impl, chunk_size
+
+    def extra_repr(self) -> str:
+        name = getattr(self.feature_map, "__name__", repr(self.feature_map))
+        impl = getattr(self.impl, "__name__", self.impl)
+        return (f"feature_map={name}, normalize={self.normalize}, eps={self.eps}, causal={self.causal}, "
+                f"impl={impl!r}, chunk_size={self.chunk_size}")
+
+    def _features(self, q: Tensor, k: Tensor, offset: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(phi(q), phi(k)) before and after the positional transform, each (B, H, N, width)."""
+        if self.qk_transform is not None:
+            q, k = self.qk_transform(q, k, offset)
+        qf, kf = self.feature_map(q), self.feature_map(k)
+        if self.positional is None:
+            return qf, kf, qf, kf
+        if isinstance(self.positional, LRPE):
+            qp, kp = self.positional.forward_pair(qf, kf, offset)
+        else:
+            qp, kp = self.positional(qf, offset), self.positional(kf, offset)
+        return qf, kf, qp, kp
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, offset: int, state: LinearAttentionState | None,
+                return_state: bool) -> Tensor | tuple[Tensor, LinearAttentionState]:
+        qf, kf, qp, kp = self._features(q, k, offset)
+        if callable(self.impl):
+            if state is not None or return_state:
+                raise ValueError("prefill/step with state need a built-in impl, not an external kernel")
+            return self.impl(qp, kp, v, causal=self.causal)
+        # The untransformed features feed the denominator and a state's k_sum; otherwise they are not needed.
+        den = (qf, kf) if self.normalize or return_state or state is not None else None
+        return linear_attention(
+            qp, kp, v, causal=self.causal, normalize=self.normalize, eps=self.eps, chunk_size=self.chunk_size,
+            impl=self.impl, denominator_features=den, initial_state=state, return_state=return_state,
+        )
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, offset: int = 0) -> Tensor:
+        return self._attend(q, k, v, offset, None, False)
+
+    def prefill(self, q: Tensor, k: Tensor, v: Tensor, state: LinearAttentionState | None = None,
+                offset: int = 0) -> tuple[Tensor, LinearAttentionState]:
+        """Causal forward over a block that also returns the state after it (then continue with ``step``).
+
+        ``state`` is the state of the tokens before this block (whose first token is at ``offset``); the
+        state's k_sum sums the untransformed phi(k), which the denominator uses.
+        """
+        return self._attend(q, k, v, offset, state, True)
+
+    def step(self, q: Tensor, k: Tensor, v: Tensor, state: LinearAttentionState | None = None,
+             offset: int = 0) -> tuple[Tensor, LinearAttentionState]:
+        """One decode step: q, k (B, H, D), v (B, H, Dv) of the token at position ``offset``.
+
+        Returns (out (B, H, Dv) in v's dtype, new state). Looping over tokens with offset = 0, 1, 2, ...
+        equals ``forward`` over the whole sequence (causal).
+        """
+        if not self.causal:
+            raise ValueError("step decodes causally; this core has causal=False")
+        qf, kf, qp, kp = self._features(q[:, :, None], k[:, :, None], offset)
+        return linear_attention_step(
+            qp[:, :, 0], kp[:, :, 0], v, state, normalize=self.normalize, eps=self.eps,
+            denominator_features=(qf[:, :, 0], kf[:, :, 0]),
+        )

@@ -1,0 +1,245 @@
+"""Linearized Relative Positional Encoding (LRPE, arXiv 2307.09270; MATH.md section 2).
+
+A token at position s with (already feature-mapped) features x becomes ``M_s x = Lambda^s P x``, so the
+score of query s and key t is ``(M_s q)^T (M_t k) = q^T W_{t-s} k`` with ``W_r = P^T Lambda^r P``: a relative
+encoding that any linear-attention algorithm can use unchanged on the transformed features.
+
+Kinds (the real form of Lambda):
+- "unitary": Lambda = diag(exp(i theta_j)), j < D, realised by doubling the width:
+  ``concat(x' cos(theta s), x' sin(theta s))`` with x' = P x, so ``W_r = P^T diag(cos(theta r)) P``.
+- "orthogonal": block-diagonal rotation of the interleaved pairs (2i, 2i+1) by theta_i s, i < D/2 (RoPE
+  applied after P); ``W_r = P^T R(r) P``. D must be even.
+- "permutation": ``(Pi x)_j = x_{pi(j)}`` for a fixed random permutation pi; ``W_r = P^T Pi^r P``. Pi^s is
+  computed for any integer s from the cycle decomposition of pi, so no length limit exists.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from lrpe.pmatrix import P_CHOICES, make_p
+from lrpe.rotation import angle_dtype, inverse_frequencies, position_phasors, positions, rotate_interleaved
+
+KINDS: tuple[str, ...] = ("unitary", "orthogonal", "permutation")
+THETA_CHOICES: tuple[str, ...] = ("fixed", "learned")
+SPACINGS: tuple[str, ...] = ("paper", "rope-range")
+
+
+def _choice(what: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; allowed: {list(allowed)}")
+
+
+def unitary_frequencies(head_dim: int, base: float, spacing: str) -> Tensor:
+    """The D angles of LRPE-unitary, float64 (D,).
+
+    "paper": ``theta_j = base^(-2j/D)`` for j < D, the paper's code; the upper half of the coordinates gets
+    angles below base^-1 and carries almost no position. "rope-range": ``theta_j = base^(-j/D)``, the same
+    range [base^-1, 1] that RoPE's D/2 angles span, sampled twice as densely, so every coordinate rotates.
+    """
+    _choice("spacing", spacing, SPACINGS)
+    span = head_dim if spacing == "paper" else 2 * head_dim
+    return inverse_frequencies(head_dim, span, base)
+
+
+def _cycle_tables(perm: list[int]) -> tuple[list[int], list[int], list[int], list[int]]:
+    """Cycle decomposition of a permutation of range(D), as four lists of length D.
+
+    ``members`` lists the cycles one after another, each as j, pi(j), pi(pi(j)), ...; coordinate j sits at
+    ``members[start[j] + pos[j]]`` in a cycle of length ``length[j]``, so
+    ``pi^m(j) = members[start[j] + (pos[j] + m) mod length[j]]`` for every integer m.
+    """
+    d = len(perm)
+    members: list[int] = []
+    start, pos, length = [0] * d, [0] * d, [0] * d
+    seen = [False] * d
+    for j in range(d):
+        if seen[j]:
+            continue
+        cycle = []
+        i = j
+        while not seen[i]:
+            seen[i] = True
+            cycle.append(i)
+            i = perm[i]
+        for place, i in enumerate(cycle):
+            start[i], pos[i], length[i] = len(members), place, len(cycle)
+        members.extend(cycle)
+    return members, start, pos, length
+
+
+class LRPE(nn.Module):
+    """LRPE transform of feature-mapped queries or keys: ``x~_s = Lambda^s P x_s``.
+
+    Args:
+        kind: "unitary", "orthogonal" or "permutation".
+        head_dim: D, the width of the features it receives.
+        p: the P matrix, one of P_CHOICES ("identity", "householder", "householder-learned", "oddeven").
+        theta: "fixed" (a buffer) or "learned" (an nn.Parameter initialised to the same values); ignored by
+            "permutation". Frequencies are ``base^(-2j/D)``: j < D/2 for orthogonal, and for unitary as
+            ``spacing`` says.
+        base: frequency base, 10000 by default.
+        num_heads: None shares every parameter across heads; an int H gives each head its own theta (equal
+            at initialisation), Householder v and permutation (independent draws), and the input must then be
+            (..., H, N, D).
+        seed: seeds the Householder vector and the permutation.
+        spacing: unitary only: "paper" (default, the paper's one angle per coordinate, ``base^(-2j/D)`` for
+            j < D) or "rope-range" (``base^(-j/D)``); see ``unitary_frequencies``.
+
+    forward(x, offset=0): x (..., N, D) -> (..., N, D'), D' = 2D for unitary and D otherwise, in x's dtype;
+    token n is at position ``offset + n``. Angles are computed in float64 and the transform in float32
+    (float64 for float64 input), whatever the input dtype. Keep the module in float32 or float64:
+    ``.half()`` would round theta itself.
+    """
+
+    def __init__(self, kind: str, head_dim: int, *, p: str = "identity", theta: str = "fixed",
+                 base: float = 10000.0, num_heads: int | None = None, seed: int = 0,
+                 spacing: str = "paper") -> None:
+        super().__init__()
+        _choice("kind", kind, KINDS)
+        _choice("p", p, P_CHOICES)
+        _choice("theta", theta, THETA_CHOICES)
+        _choice("spacing", spacing, SPACINGS)
+        if head_dim < 1:
+            raise ValueError(f"head_dim must be >= 1, got {head_dim}")
+        if kind == "orthogonal" and head_dim % 2:
+            raise ValueError(f"orthogonal LRPE rotates pairs and needs an even head_dim, got {head_dim}")
+        self.kind, self.head_dim, self.num_heads = kind, head_dim, num_heads
+        self.p_name, self.theta_mode, self.spacing = p, theta, spacing
+        self.p = make_p(p, head_dim, num_heads=num_heads, seed=seed)
+        if kind == "permutation":
+            self._init_permutation(seed)
+        else:
+            freqs = unitary_frequencies(head_dim, base, spacing) if kind == "unitary" else (
+                inverse_frequencies(head_dim // 2, head_dim, base))
+            freqs = freqs.to(torch.float32)
+            if num_heads is not None:
+                freqs = freqs.expand(num_heads, -1).clone()
+            if theta == "learned":
+                self.theta = nn.Parameter(freqs)
+            else:
+                self.register_buffer("theta", freqs)
+
+    def _init_permutation(self, seed: int) -> None:
+        """Draw pi (one per head when per head) and store it with its cycle tables as long buffers."""
+        gen = torch.Generator().manual_seed(seed)
+        heads = 1 if self.num_heads is None else self.num_heads
+        perms = [torch.randperm(self.head_dim, generator=gen) for _ in range(heads)]
+        tables = [_cycle_tables(pi.tolist()) for pi in perms]
+        columns = [perms] + [[torch.tensor(t[i], dtype=torch.long) for t in tables] for i in range(4)]
+        names = ("perm", "cycle_members", "cycle_start", "cycle_pos", "cycle_length")
+        for name, rows in zip(names, columns, strict=True):
+            # Shape (D,) shared or (H, D) per head, like every other parameter.
+            table = torch.stack(rows) if self.num_heads is not None else rows[0]
+            # Persistent, tables included, so that a loaded state cannot pair one pi with another's cycles.
+            self.register_buffer(name, table)
+
+    @property
+    def out_dim(self) -> int:
+        """Width of the output features: 2D for unitary, D otherwise."""
+        return 2 * self.head_dim if self.kind == "unitary" else self.head_dim
+
+    def permutation_index(self, s: Tensor) -> Tensor:
+        """``pi^s(j)`` for every position in s (N,) long: (N, D), or (H, N, D) per head.
+
+        So that ``(Pi^s x)_j = x[idx[s, j]]``. Exact for any int64 s, negative or huge.
+        """
+        if self.kind != "permutation":
+            raise ValueError(f"permutation_index needs kind 'permutation', this LRPE is {self.kind!r}")
+        s = s.to(device=self.cycle_pos.device, dtype=torch.long)[:, None]
+        start, pos, length = self.cycle_start, self.cycle_pos, self.cycle_length
+        if self.num_heads is not None:
+            start, pos, length, s = start[:, None], pos[:, None], length[:, None], s[None]
+        flat = start + torch.remainder(pos + s, length)
+        members = self.cycle_members
+        if self.num_heads is None:
+            return members[flat]
+        return torch.gather(members[:, None, :].expand_as(flat), -1, flat)
+
+    def _check_input(self, x: Tensor) -> None:
+        if not x.is_floating_point():
+            raise ValueError(f"x must have a floating dtype, got {x.dtype}")
+        min_dim = 2 if self.num_heads is None else 3
+        if x.dim() < min_dim or x.shape[-1] != self.head_dim:
+            want = "(..., N, D)" if self.num_heads is None else "(..., H, N, D)"
+            raise ValueError(f"x must have shape {want} with D = head_dim = {self.head_dim}, "
+                             f"got {tuple(x.shape)}")
+        if self.num_heads is not None and x.shape[-3] != self.num_heads:
+            raise ValueError(
+                f"x must have H = num_heads = {self.num_heads} at dim -3, got shape {tuple(x.shape)}"
+            )
+
+    def position_factors(self, n: int, offset: int, dtype: torch.dtype) -> Tensor:
+        """Lambda^s for the positions s = offset + arange(n), in the form ``transform`` takes.
+
+        unitary: cos and sin, (n, 2, D) (per head (H, n, 2, D)); orthogonal: the complex phasors
+        exp(i theta_j s), (n, D/2) (per head (H, n, D/2)), both from ``rotation.position_phasors``;
+        permutation: the index pi^s(j), (n, D) long (per head (H, n, D)). ``dtype`` is the compute dtype
+        (float32 or float64). Computing them once and applying
+        them to q and to k halves the trigonometry (``forward_pair``).
+        """
+        if self.kind == "permutation":
+            return self.permutation_index(positions(n, offset, dtype=torch.long))
+        phasors = position_phasors(self.theta, n, offset, dtype)
+        if self.kind == "orthogonal":
+            return phasors
+        # (..., n, F, 2) (cos, sin) viewed as (..., n, 2, F): no copy.
+        return torch.view_as_real(phasors).transpose(-1, -2)
+
+    def transform(self, x: Tensor, factors: Tensor) -> Tensor:
+        """``Lambda^s P x_s`` with the factors of ``position_factors``: x (..., N, D) -> (..., N, D')."""
+        self._check_input(x)
+        xp = self.p(x.to(angle_dtype(x.dtype)))
+        if self.kind == "permutation":
+            out = torch.gather(xp, -1, factors.expand(xp.shape))
+        elif self.kind == "orthogonal":
+            out = rotate_interleaved(xp, factors)
+        else:
+            # (..., N, 1, D) * (N, 2, D): the cos half then the sin half in one product, then a free reshape.
+            out = (xp.unsqueeze(-2) * factors).flatten(-2)
+        return out.to(x.dtype)
+
+    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
+        self._check_input(x)
+        factors = self.position_factors(x.shape[-2], offset, angle_dtype(x.dtype))
+        return self.transform(x, factors)
+
+    def forward_pair(self, q: Tensor, k: Tensor, offset: int = 0) -> tuple[Tensor, Tensor]:
+        """``(forward(q, offset), forward(k, offset))`` for q, k of one shape, computing Lambda^s once."""
+        if q.shape != k.shape or q.dtype != k.dtype:
+            raise ValueError(f"q and k must share shape and dtype, got {q.dtype} {tuple(q.shape)} and "
+                             f"{k.dtype} {tuple(k.shape)}")
+        self._check_input(q)
+        factors = self.position_factors(q.shape[-2], offset, angle_dtype(q.dtype))
+        return self.transform(q, factors), self.transform(k, factors)
+
+    def relative_matrix(self, r: int) -> Tensor:
+        """W_r with ``forward(x)[s] . forward(y)[t] = x_s^T W_{t-s} y_t``: (D, D) float64, (H, D, D) per head.
+
+        Built explicitly from P.matrix() and Lambda^r (unitary: diag(cos(theta r)); orthogonal: the block
+        rotation R(r); permutation: Pi^r), as the oracle for tests. Not differentiable.
+        """
+        p = self.p.matrix().to(torch.float64)
+        d = self.head_dim
+        if self.kind == "permutation":
+            idx = self.permutation_index(torch.tensor([r]))[..., 0, :].cpu()
+            lam = torch.zeros((*idx.shape, d), dtype=torch.float64)
+            lam.scatter_(-1, idx[..., None], 1.0)
+        else:
+            angle = self.theta.detach().to(device="cpu", dtype=torch.float64) * r
+            if self.kind == "unitary":
+                lam = torch.diag_embed(angle.cos())
+            else:
+                c, s = angle.cos(), angle.sin()
+                lam = torch.zeros((*angle.shape[:-1], d, d), dtype=torch.float64)
+                i = torch.arange(d // 2)
+                lam[..., 2 * i, 2 * i] = c
+                lam[..., 2 * i, 2 * i + 1] = -s
+                lam[..., 2 * i + 1, 2 * i] = s
+                lam[..., 2 * i + 1, 2 * i + 1] = c
+        return p.transpose(-1, -2).cpu() @ lam @ p.cpu()
+
+    def extra_repr(self) -> str:
+        return (f"kind={self.kind!r}, head_dim={self.head_dim}, p={self.p_name!r}, "
+                f"theta={self.theta_mode!r}, num_heads={self.num_heads}, spacing={self.spacing!r}")

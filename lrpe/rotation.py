@@ -1,0 +1,126 @@
+"""Positions, rotation frequencies and pairwise rotation: the one place these formulas live.
+
+LRPE-orthogonal, LRPE-unitary and RoPE (``baselines.rope``) all build on these functions, so the
+frequency formula ``theta_j = base ** (-2 j / head_dim)`` and the rotation of a pair of coordinates are
+written once.
+
+Angles are computed in float32, or in float64 when the input is float64, whatever the input dtype: a
+bfloat16 position is inexact beyond 256 (MATH.md, notation).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+Layout = Literal["interleaved", "half"]
+LAYOUTS: tuple[str, ...] = ("interleaved", "half")
+
+
+def angle_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype angles are computed in for inputs of ``dtype``: float64 stays float64, all else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def inverse_frequencies(count: int, head_dim: int, base: float = 10000.0) -> Tensor:
+    """``theta_j = base ** (-2 j / head_dim)`` for ``j = 0 .. count - 1``, shape (count,), float64.
+
+    RoPE and LRPE-orthogonal use ``count = head_dim // 2`` (one angle per pair); the LRPE paper's unitary
+    variant uses ``count = head_dim`` (one angle per coordinate).
+    """
+    if count < 1 or head_dim < 1:
+        raise ValueError(f"count and head_dim must be >= 1, got count={count}, head_dim={head_dim}")
+    if not base > 0:
+        raise ValueError(f"base must be > 0, got {base}")
+    j = torch.arange(count, dtype=torch.float64)
+    return base ** (-2.0 * j / head_dim)
+
+
+def positions(n: int, offset: int = 0, *, device: torch.device | str | None = None,
+              dtype: torch.dtype = torch.float32) -> Tensor:
+    """Token positions ``offset + arange(n)``, shape (n,)."""
+    return torch.arange(offset, offset + n, device=device, dtype=dtype)
+
+
+def rotation_angles(theta: Tensor, n: int, offset: int, dtype: torch.dtype) -> Tensor:
+    """Angles ``(offset + s) * theta_j`` for s < n.
+
+    theta: (F,) shared by all heads, or (H, F) per head. Returns (n, F) or (H, n, F) in ``dtype``, which
+    broadcasts against inputs of shape (B, H, n, ...).
+    """
+    pos = positions(n, offset, device=theta.device, dtype=dtype)
+    theta = theta.to(dtype)
+    if theta.dim() == 1:
+        return pos[:, None] * theta[None, :]
+    return pos[None, :, None] * theta[:, None, :]
+
+
+def rotate_pairs(x: Tensor, cos: Tensor, sin: Tensor, layout: Layout = "interleaved") -> Tensor:
+    """Rotate coordinate pairs of ``x`` (..., D) by the angles whose cos/sin are given, shape (..., D/2).
+
+    layout "interleaved" pairs (2i, 2i+1); "half" pairs (i, i + D/2) (the GPT-NeoX layout). Each pair (a, b)
+    becomes (a cos - b sin, a sin + b cos). Computed in ``cos.dtype`` and returned in ``x.dtype``.
+    """
+    d = x.shape[-1]
+    if d % 2:
+        raise ValueError(f"rotation needs an even last dimension, got {d}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    xc = x.to(cos.dtype)
+    if layout == "interleaved":
+        a, b = xc[..., 0::2], xc[..., 1::2]
+    else:
+        a, b = xc[..., : d // 2], xc[..., d // 2 :]
+    ra = a * cos - b * sin
+    rb = a * sin + b * cos
+    out = torch.stack((ra, rb), dim=-1).flatten(-2) if layout == "interleaved" else torch.cat((ra, rb), dim=-1)
+    return out.to(x.dtype)
+
+
+
+def position_phasors(theta: Tensor, n: int, offset: int, dtype: torch.dtype) -> Tensor:
+    """``exp(i (offset + s) theta_j)`` for s < n: (n, F), or (H, n, F) for theta (H, F); complex of ``dtype``.
+
+    ``dtype`` is the real angle dtype (float32 -> complex64, float64 -> complex128). Each position is split as
+    s = b a + c with b about sqrt(n), and the phasor is the product of two small tables exp(i (offset + b a)
+    theta) and exp(i c theta) computed with float64 angles. That costs O(sqrt(n) F) trigonometry instead of
+    O(n F), and it is more accurate than a float32 angle, which is already off by ulp(s theta) (2e-3 rad at
+    s = 65536): the error is a few ulp of ``dtype`` at any position. Differentiable in theta.
+    """
+    block = max(1, math.isqrt(n - 1) + 1) if n > 0 else 1
+    rows = -(-n // block)
+    complex_dtype = dtype.to_complex()
+    theta64 = theta.to(torch.float64)
+    coarse = rotation_angles(theta64 * block, rows, 0, torch.float64) + offset * theta64[..., None, :]
+    fine = rotation_angles(theta64, block, 0, torch.float64)
+    coarse = torch.polar(torch.ones_like(coarse), coarse).to(complex_dtype)
+    fine = torch.polar(torch.ones_like(fine), fine).to(complex_dtype)
+    table = coarse[..., :, None, :] * fine[..., None, :, :]
+    return table.flatten(-3, -2)[..., :n, :]
+
+
+def rotate_interleaved(x: Tensor, phasors: Tensor) -> Tensor:
+    """``rotate_pairs(x, cos, sin, "interleaved")`` as one complex multiply, given ``phasors = cos + i sin``.
+
+    x: (..., D) float32 or float64 with D even; phasors: (..., D/2) complex of x's precision (see
+    ``position_phasors``), broadcastable against x's pairs. Each pair (2i, 2i+1) is read as the complex number
+    x[2i] + i x[2i+1] and multiplied by exp(i angle_i): the same rotation (a cos - b sin, a sin + b cos), in
+    one elementwise pass and one output allocation instead of the several temporaries of the real form (this
+    is LRPE-orthogonal's hot path). Returns (..., D) in x's dtype; differentiable in x and in the phasors.
+    """
+    d = x.shape[-1]
+    if d % 2:
+        raise ValueError(f"rotation needs an even last dimension, got {d}")
+    if x.dtype not in (torch.float32, torch.float64) or phasors.dtype != x.dtype.to_complex():
+        raise ValueError(
+            f"rotate_interleaved needs float32/float64 x and phasors of the matching complex dtype, "
+            f"got {x.dtype} and {phasors.dtype}"
+        )
+    pairs = x.unflatten(-1, (d // 2, 2))
+    # A complex view needs unit stride within the pair, and even strides and offset elsewhere.
+    if pairs.stride(-1) != 1 or pairs.storage_offset() % 2 or any(s % 2 for s in pairs.stride()[:-1]):
+        pairs = pairs.clone(memory_format=torch.contiguous_format)
+    return torch.view_as_real(torch.view_as_complex(pairs) * phasors).flatten(-2)

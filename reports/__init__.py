@@ -1,0 +1,1 @@
+"""HTML reports from stored result frames (a later issue); see README.md."""

@@ -1,0 +1,106 @@
+"""Time and peak memory of chunked linear attention on CPU, without PE and with LRPE-orthogonal.
+
+fp32, B = 1, H = 4, D = 64, causal forward, chunked (C = 64), feature map 1 + elu for both:
+(a) ``LinearAttentionCore(positional="none")``, (b) ``LinearAttentionCore(positional="orthogonal")``.
+Time: median (and p20/p80) of ``--repeats`` runs after ``--warmup`` runs, (a) and (b) interleaved so that
+a busy machine slows both alike; torch threads as they are. Peak memory: the process high-water mark above
+the resident size just before the call (glibc told to return large frees to the OS, the mark reset through
+/proc/self/clear_refs), in its own pass after the timing.
+
+Run: ``python scripts/measure_lrpe_cpu.py [--lengths 16384 65536] [--repeats 7] [--warmup 2]``.
+Linux only (/proc, glibc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from lrpe import LinearAttentionCore
+
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter: allocations above it are mmapped and unmapped on free
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def peak_bytes(fn: Callable[[], object]) -> int:
+    """Resident high-water mark during fn() above the resident size just before it, in bytes."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current VmRSS
+    before = _status_kib("VmRSS")
+    result = fn()
+    peak = _status_kib("VmHWM")
+    del result
+    return (peak - before) * 1024
+
+
+def times_ms(fns: dict[str, Callable[[], object]], warmup: int, repeats: int) -> dict[str, list[float]]:
+    """Wall times in ms of each fn, the fns interleaved round by round."""
+    out: dict[str, list[float]] = {name: [] for name in fns}
+    for i in range(warmup + repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            elapsed = (time.perf_counter() - t0) * 1e3
+            if i >= warmup:
+                out[name].append(elapsed)
+    return out
+
+
+def quantile(xs: list[float], q: float) -> float:
+    """The q-quantile of xs, nearest rank."""
+    ordered = sorted(xs)
+    return ordered[round(q * (len(ordered) - 1))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[16384, 65536])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=2)
+    args = parser.parse_args()
+
+    ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 131072)
+    torch.manual_seed(0)
+    b, h, d = 1, 4, 64
+    cores = {
+        "a: no PE": LinearAttentionCore(d, feature_map="elu1", positional="none", impl="chunked"),
+        "b: LRPE-orthogonal": LinearAttentionCore(d, feature_map="elu1", positional="orthogonal",
+                                                  impl="chunked"),
+    }
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, fp32, B={b} H={h} D={d}, causal "
+          f"forward, chunk 64, {args.repeats} repeats after {args.warmup} warm-up")
+    print(f"{'variant':<20} {'N':>6} {'median ms':>10} {'p20 ms':>8} {'p80 ms':>8} {'peak MiB':>9}")
+    results: dict[tuple[str, int], tuple[float, int]] = {}
+    for n in args.lengths:
+        q, k, v = (torch.randn(b, h, n, d) for _ in range(3))
+        fns = {name: (lambda core=core, q=q, k=k, v=v: core(q, k, v)) for name, core in cores.items()}
+        timing = times_ms(fns, args.warmup, args.repeats)
+        for name, fn in fns.items():
+            peak = min(peak_bytes(fn) for _ in range(3))
+            ts = timing[name]
+            med = statistics.median(ts)
+            results[name, n] = (med, peak)
+            print(f"{name:<20} {n:>6} {med:>10.1f} {quantile(ts, 0.2):>8.1f} {quantile(ts, 0.8):>8.1f} "
+                  f"{peak / 2**20:>9.1f}")
+        del q, k, v
+    lo, hi = min(args.lengths), max(args.lengths)
+    (ta, _), (tb, _) = results["a: no PE", hi], results["b: LRPE-orthogonal", hi]
+    growth = results["b: LRPE-orthogonal", hi][1] / results["b: LRPE-orthogonal", lo][1]
+    print(f"time (b)/(a) at N={hi}: {tb / ta:.2f} (target <= 1.5)")
+    print(f"peak memory of (b), N={hi} over N={lo}: {growth:.2f}x (target <= 4.5x for 16k -> 64k)")
+
+
+if __name__ == "__main__":
+    main()

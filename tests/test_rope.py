@@ -1,0 +1,127 @@
+"""RoPE: the relative-position identity against explicit rotation matrices, layouts, precision, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from baselines.rope import RoPE, apply_rope, rope_matrix
+from lrpe.rotation import LAYOUTS, inverse_frequencies, positions, rotate_pairs
+
+
+def _inputs(d: int, n: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 3, n, d, generator=g, dtype=torch.float64)
+    return q, torch.randn(2, 3, n, d, generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("d", [8, 64, 128])
+@pytest.mark.parametrize("offset", [0, 37, 10_000])
+def test_identity_against_rotation_matrices(layout: str, d: int, offset: int) -> None:
+    q, k = _inputs(d)
+    n = q.shape[2]
+    scores = apply_rope(q, offset=offset, layout=layout) @ apply_rope(k, offset=offset, layout=layout).mT
+    by_delta = torch.stack([rope_matrix(delta, d, layout=layout) for delta in range(-(n - 1), n)])
+    idx = torch.arange(n)
+    rotations = by_delta[idx[None, :] - idx[:, None] + n - 1]  # [m, t] -> R((t - m) theta), (N, N, D, D)
+    expected = torch.einsum("bhmi,mtij,bhtj->bhmt", q, rotations, k)
+    torch.testing.assert_close(scores, expected, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_each_token_is_multiplied_by_its_absolute_rotation(layout: str) -> None:
+    (x, _), offset = _inputs(16), 5
+    out = apply_rope(x, offset=offset, layout=layout)
+    for m in range(x.shape[2]):
+        expected = x[..., m, :] @ rope_matrix(offset + m, 16, layout=layout).T
+        torch.testing.assert_close(out[..., m, :], expected, rtol=0, atol=1e-12)
+
+
+def test_rope_matrix_is_a_rotation_group() -> None:
+    # R(a) R(b) = R(a + b) and R(-a) = R(a)^T: what makes the score depend on n - m only.
+    for layout in LAYOUTS:
+        a, b = rope_matrix(3, 8, layout=layout), rope_matrix(-11, 8, layout=layout)
+        torch.testing.assert_close(a @ b, rope_matrix(-8, 8, layout=layout), rtol=0, atol=1e-12)
+        torch.testing.assert_close(rope_matrix(-3, 8, layout=layout), a.T, rtol=0, atol=1e-12)
+    assert not torch.allclose(rope_matrix(1, 8, layout="half"), rope_matrix(1, 8, layout="interleaved"))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_shift_invariance(layout: str) -> None:
+    q, k = _inputs(32)
+    base = apply_rope(q, layout=layout) @ apply_rope(k, layout=layout).mT
+    shifted = apply_rope(q, offset=4096, layout=layout) @ apply_rope(k, offset=4096, layout=layout).mT
+    torch.testing.assert_close(shifted, base, rtol=0, atol=1e-10)
+    assert not torch.allclose(apply_rope(q, offset=4096, layout=layout), apply_rope(q, layout=layout))
+
+
+def test_decoding_with_offset_matches_full_sequence() -> None:
+    (x, _), rope = _inputs(16), RoPE(16)
+    full = rope(x, offset=3)
+    for t in range(x.shape[2]):
+        step = rope(x[:, :, t : t + 1], offset=3 + t)
+        torch.testing.assert_close(step, full[:, :, t : t + 1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("d", [8, 64])
+def test_odd_even_interleave_turns_interleaved_into_half(d: int) -> None:
+    half = (d + 1) // 2
+    perm = torch.empty(d, dtype=torch.long)
+    for i in range(d // 2):
+        perm[2 * i] = i  # out[2i] = x[i]
+        perm[2 * i + 1] = half + i  # out[2i + 1] = x[ceil(D/2) + i]
+    x, _ = _inputs(d)
+    interleaved = apply_rope(x[..., perm], offset=21, layout="interleaved")
+    half_split = apply_rope(x, offset=21, layout="half")
+    torch.testing.assert_close(interleaved, half_split[..., perm], rtol=0, atol=1e-12)
+    # The layouts differ on the same input: the permutation is what makes them agree.
+    assert not torch.allclose(apply_rope(x, offset=21, layout="interleaved"), half_split)
+
+
+def test_bfloat16_keeps_float32_angles_at_large_offsets() -> None:
+    offset, d = 50_000, 64
+    x = torch.randn(1, 2, 16, d, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    out = apply_rope(x, offset=offset)
+    assert out.dtype == torch.bfloat16 and out.shape == x.shape
+    reference = apply_rope(x.to(torch.float64), offset=offset)
+    tolerance = dict(rtol=2e-2, atol=2e-2)  # a few bf16 ulps on values of order 1
+    torch.testing.assert_close(out.to(torch.float64), reference, **tolerance)
+    # The test can fail: positions in bfloat16 are off by up to 128 here, which scrambles the angles.
+    bf16_positions = positions(16, offset, dtype=torch.bfloat16).to(torch.float64)
+    angles = bf16_positions[:, None] * inverse_frequencies(d // 2, d)
+    naive = rotate_pairs(x.to(torch.float64), angles.cos(), angles.sin(), "half")
+    assert not torch.allclose(naive, reference, **tolerance)
+
+
+def test_module_matches_function_and_keeps_shape_and_dtype() -> None:
+    x = torch.randn(2, 4, 9, 32)
+    out = RoPE(32, base=500.0, layout="interleaved")(x, offset=7)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    torch.testing.assert_close(out, apply_rope(x, offset=7, base=500.0, layout="interleaved"), rtol=0, atol=0)
+    assert not torch.allclose(out, apply_rope(x, offset=7, layout="interleaved"))
+
+
+@pytest.mark.parametrize(
+    ("call", "named"),
+    [
+        (lambda: apply_rope(torch.randn(1, 1, 4, 7)), "7"),
+        (lambda: apply_rope(torch.randn(1, 4, 8)), "(1, 4, 8)"),
+        (lambda: apply_rope(torch.randn(1, 1, 4, 8), layout="neox"), "'neox'"),
+        (lambda: apply_rope(torch.ones(1, 1, 4, 8, dtype=torch.long)), "torch.int64"),
+        (lambda: RoPE(9), "9"),
+        (lambda: RoPE(8, layout="pairs"), "'pairs'"),
+        (lambda: RoPE(8)(torch.randn(1, 1, 4, 16)), "(1, 1, 4, 16)"),
+        (lambda: rope_matrix(1, 5), "5"),
+    ],
+)
+def test_bad_inputs_raise_value_error_naming_the_value(call, named: str) -> None:
+    with pytest.raises(ValueError) as info:
+        call()
+    assert named in str(info.value)
+
+
+def test_unknown_layout_error_lists_the_allowed_ones() -> None:
+    with pytest.raises(ValueError, match="interleaved") as info:
+        apply_rope(torch.randn(1, 1, 2, 4), layout="neox")
+    assert "half" in str(info.value)

@@ -1,0 +1,74 @@
+"""The run store: rows on disk as soon as they exist, crash-cut lines, resume keys, merge."""
+
+import json
+
+import pytest
+
+from bench.store import RunStore, merge_runs
+
+
+def row(key, **extra):
+    return {"key": key, "status": "ok", "n": 1, **extra}
+
+
+def test_append_is_on_disk_immediately_and_resume_sees_it(tmp_path):
+    store = RunStore(tmp_path, "r1")
+    store.append(row("a", time_median_ms=1.5))
+    lines = (tmp_path / "r1" / "rows.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["time_median_ms"] == 1.5
+    reopened = RunStore(tmp_path, "r1")
+    assert reopened.done_keys() == {"a"}
+
+
+def test_nan_is_stored_as_null(tmp_path):
+    store = RunStore(tmp_path, "r")
+    store.append(row("a", tflops=float("nan")))
+    assert store.rows()[0]["tflops"] is None
+
+
+def test_cut_off_last_line_is_skipped_and_next_append_starts_a_new_line(tmp_path):
+    store = RunStore(tmp_path, "r")
+    store.append(row("a"))
+    with open(store.rows_path, "a") as handle:
+        handle.write('{"key": "b", "sta')  # a kill in the middle of a write
+    with pytest.warns(UserWarning, match="cut-off"):
+        assert [r["key"] for r in store.rows()] == ["a"]
+    store.append(row("c"))
+    with pytest.warns(UserWarning, match="cut-off"):
+        assert [r["key"] for r in store.rows()] == ["a", "c"]
+
+
+def test_frame_and_environment(tmp_path):
+    store = RunStore(tmp_path, "r")
+    store.append(row("a", n=1024))
+    store.append(row("b", n=2048))
+    store.add_environment({"device": "cpu"})
+    store.add_environment({"device": "cpu", "resumed": True})
+    assert len(store.environment()["sessions"]) == 2
+    path = store.write_frame()
+    assert path.read_text().splitlines()[0].startswith("key,")
+    assert list(store.frame()["n"]) == [1024, 2048]
+
+
+def test_bad_run_id():
+    with pytest.raises(ValueError, match="run id"):
+        RunStore("/tmp", "a/b")
+
+
+def test_merge_joins_shards_and_keeps_environments(tmp_path):
+    one, two = RunStore(tmp_path, "s1"), RunStore(tmp_path, "s2")
+    one.append(row("a"))
+    two.append(row("b"))
+    two.append(row("a", status="error"))  # duplicate key: the first occurrence wins
+    one.add_environment({"shard": "1/2"})
+    two.add_environment({"shard": "2/2"})
+    merged = merge_runs([one.path, two.path], tmp_path, "all")
+    frame = merged.frame()
+    assert sorted(frame["key"]) == ["a", "b"]
+    assert frame.set_index("key").loc["a", "status"] == "ok"
+    assert [s["shard"] for s in merged.environment()["sessions"]] == ["1/2", "2/2"]
+    assert (merged.path / "results.csv").exists()
+    with pytest.raises(ValueError, match="already has rows"):
+        merge_runs([one.path], tmp_path, "all")
+    with pytest.raises(ValueError, match="not a run directory"):
+        merge_runs([tmp_path / "nope"], tmp_path, "x")
