@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import Tensor, nn
 
 from lrpe.attention import IMPLS, LinearAttentionState, linear_attention, linear_attention_step
@@ -85,28 +86,35 @@ class LinearAttentionCore(nn.Module):
         return (f"feature_map={name}, normalize={self.normalize}, eps={self.eps}, causal={self.causal}, "
                 f"impl={impl!r}, chunk_size={self.chunk_size}")
 
-    def _features(self, q: Tensor, k: Tensor, offset: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(phi(q), phi(k)) before and after the positional transform, each (B, H, N, width)."""
+    def _features(self, q: Tensor, k: Tensor, offset: int, keep_untransformed: bool = True
+                  ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(phi(q), phi(k)) before and after the positional transform, each (B, H, N, width).
+
+        Without ``keep_untransformed`` the first two are not used afterwards, so an LRPE may transform the
+        feature maps in place when they are fresh temporaries outside autograd (inference)."""
         if self.qk_transform is not None:
             q, k = self.qk_transform(q, k, offset)
         qf, kf = self.feature_map(q), self.feature_map(k)
         if self.positional is None:
             return qf, kf, qf, kf
         if isinstance(self.positional, LRPE):
-            qp, kp = self.positional.forward_pair(qf, kf, offset)
+            inplace = (not keep_untransformed and _fresh(qf, q) and _fresh(kf, k)
+                       and not (torch.is_grad_enabled() and (qf.requires_grad or kf.requires_grad)))
+            qp, kp = self.positional.forward_pair(qf, kf, offset, inplace=inplace)
         else:
             qp, kp = self.positional(qf, offset), self.positional(kf, offset)
         return qf, kf, qp, kp
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, offset: int, state: LinearAttentionState | None,
                 return_state: bool) -> Tensor | tuple[Tensor, LinearAttentionState]:
-        qf, kf, qp, kp = self._features(q, k, offset)
+        # The untransformed features feed the denominator and a state's k_sum; otherwise they are not needed.
+        need_untransformed = self.normalize or return_state or state is not None
+        qf, kf, qp, kp = self._features(q, k, offset, keep_untransformed=need_untransformed)
         if callable(self.impl):
             if state is not None or return_state:
                 raise ValueError("prefill/step with state need a built-in impl, not an external kernel")
             return self.impl(qp, kp, v, causal=self.causal)
-        # The untransformed features feed the denominator and a state's k_sum; otherwise they are not needed.
-        den = (qf, kf) if self.normalize or return_state or state is not None else None
+        den = (qf, kf) if need_untransformed else None
         return linear_attention(
             qp, kp, v, causal=self.causal, normalize=self.normalize, eps=self.eps, chunk_size=self.chunk_size,
             impl=self.impl, denominator_features=den, initial_state=state, return_state=return_state,
@@ -138,3 +146,8 @@ class LinearAttentionCore(nn.Module):
             qp[:, :, 0], kp[:, :, 0], v, state, normalize=self.normalize, eps=self.eps,
             denominator_features=(qf[:, :, 0], kf[:, :, 0]),
         )
+
+
+def _fresh(features: Tensor, source: Tensor) -> bool:
+    """Whether the feature map made a new tensor (identity returns its input: that one is the caller's)."""
+    return features.untyped_storage().data_ptr() != source.untyped_storage().data_ptr()

@@ -80,9 +80,9 @@ class LRPE(nn.Module):
             "permutation". Frequencies are ``base^(-2j/D)``: j < D/2 for orthogonal, and for unitary as
             ``spacing`` says.
         base: frequency base, 10000 by default.
-        num_heads: None shares every parameter across heads; an int H gives each head its own theta (equal
-            at initialisation), Householder v and permutation (independent draws), and the input must then be
-            (..., H, N, D).
+        num_heads: None shares every parameter across heads; an int H gives each head its own learned theta
+            (equal at initialisation; a fixed theta stays shared, being equal anyway), Householder v and
+            permutation (independent draws), and the input must then be (..., H, N, D).
         seed: seeds the Householder vector and the permutation.
         spacing: unitary only: "paper" (default, the paper's one angle per coordinate, ``base^(-2j/D)`` for
             j < D) or "rope-range" (``base^(-j/D)``); see ``unitary_frequencies``.
@@ -114,7 +114,9 @@ class LRPE(nn.Module):
             freqs = unitary_frequencies(head_dim, base, spacing) if kind == "unitary" else (
                 inverse_frequencies(head_dim // 2, head_dim, base))
             freqs = freqs.to(torch.float32)
-            if num_heads is not None:
+            if num_heads is not None and theta == "learned":
+                # Per head only when learned: fixed angles are equal across heads, and one shared table of
+                # phasors is H times smaller to build per call.
                 freqs = freqs.expand(num_heads, -1).clone()
             if theta == "learned":
                 self.theta = nn.Parameter(freqs)
@@ -187,14 +189,19 @@ class LRPE(nn.Module):
         # (..., n, F, 2) (cos, sin) viewed as (..., n, 2, F): no copy.
         return torch.view_as_real(phasors).transpose(-1, -2)
 
-    def transform(self, x: Tensor, factors: Tensor) -> Tensor:
-        """``Lambda^s P x_s`` with the factors of ``position_factors``: x (..., N, D) -> (..., N, D')."""
+    def transform(self, x: Tensor, factors: Tensor, *, inplace: bool = False) -> Tensor:
+        """``Lambda^s P x_s`` with the factors of ``position_factors``: x (..., N, D) -> (..., N, D').
+
+        inplace: the caller gives up x (a temporary it owns, outside autograd), so the orthogonal rotation
+        may overwrite it instead of allocating a new tensor; the other kinds change the width or gather and
+        ignore it.
+        """
         self._check_input(x)
         xp = self.p(x.to(angle_dtype(x.dtype)))
         if self.kind == "permutation":
             out = torch.gather(xp, -1, factors.expand(xp.shape))
         elif self.kind == "orthogonal":
-            out = rotate_interleaved(xp, factors)
+            out = rotate_interleaved(xp, factors, inplace=inplace)
         else:
             # (..., N, 1, D) * (N, 2, D): the cos half then the sin half in one product, then a free reshape.
             out = (xp.unsqueeze(-2) * factors).flatten(-2)
@@ -205,14 +212,16 @@ class LRPE(nn.Module):
         factors = self.position_factors(x.shape[-2], offset, angle_dtype(x.dtype))
         return self.transform(x, factors)
 
-    def forward_pair(self, q: Tensor, k: Tensor, offset: int = 0) -> tuple[Tensor, Tensor]:
-        """``(forward(q, offset), forward(k, offset))`` for q, k of one shape, computing Lambda^s once."""
+    def forward_pair(self, q: Tensor, k: Tensor, offset: int = 0, *, inplace: bool = False) -> tuple[Tensor, Tensor]:
+        """``(forward(q, offset), forward(k, offset))`` for q, k of one shape, computing Lambda^s once.
+
+        inplace: q and k are temporaries the caller gives up (see ``transform``)."""
         if q.shape != k.shape or q.dtype != k.dtype:
             raise ValueError(f"q and k must share shape and dtype, got {q.dtype} {tuple(q.shape)} and "
                              f"{k.dtype} {tuple(k.shape)}")
         self._check_input(q)
         factors = self.position_factors(q.shape[-2], offset, angle_dtype(q.dtype))
-        return self.transform(q, factors), self.transform(k, factors)
+        return self.transform(q, factors, inplace=inplace), self.transform(k, factors, inplace=inplace)
 
     def relative_matrix(self, r: int) -> Tensor:
         """W_r with ``forward(x)[s] . forward(y)[t] = x_s^T W_{t-s} y_t``: (D, D) float64, (H, D, D) per head.
@@ -238,7 +247,10 @@ class LRPE(nn.Module):
                 lam[..., 2 * i, 2 * i + 1] = -s
                 lam[..., 2 * i + 1, 2 * i] = s
                 lam[..., 2 * i + 1, 2 * i + 1] = c
-        return p.transpose(-1, -2).cpu() @ lam @ p.cpu()
+        w = p.transpose(-1, -2).cpu() @ lam @ p.cpu()
+        if self.num_heads is not None and w.dim() == 2:  # every part shared: still one matrix per head
+            w = w.expand(self.num_heads, d, d)
+        return w
 
     def extra_repr(self) -> str:
         return (f"kind={self.kind!r}, head_dim={self.head_dim}, p={self.p_name!r}, "

@@ -102,7 +102,7 @@ def position_phasors(theta: Tensor, n: int, offset: int, dtype: torch.dtype) -> 
     return table.flatten(-3, -2)[..., :n, :]
 
 
-def rotate_interleaved(x: Tensor, phasors: Tensor) -> Tensor:
+def rotate_interleaved(x: Tensor, phasors: Tensor, *, inplace: bool = False) -> Tensor:
     """``rotate_pairs(x, cos, sin, "interleaved")`` as one complex multiply, given ``phasors = cos + i sin``.
 
     x: (..., D) float32 or float64 with D even; phasors: (..., D/2) complex of x's precision (see
@@ -110,6 +110,8 @@ def rotate_interleaved(x: Tensor, phasors: Tensor) -> Tensor:
     x[2i] + i x[2i+1] and multiplied by exp(i angle_i): the same rotation (a cos - b sin, a sin + b cos), in
     one elementwise pass and one output allocation instead of the several temporaries of the real form (this
     is LRPE-orthogonal's hot path). Returns (..., D) in x's dtype; differentiable in x and in the phasors.
+    With ``inplace`` the product overwrites x where x's layout allows a complex view (x is returned): on a
+    CPU, a fresh 64 MiB output costs ~25 ms of page faults against ~4 ms for the multiply itself.
     """
     d = x.shape[-1]
     if d % 2:
@@ -123,4 +125,7 @@ def rotate_interleaved(x: Tensor, phasors: Tensor) -> Tensor:
     # A complex view needs unit stride within the pair, and even strides and offset elsewhere.
     if pairs.stride(-1) != 1 or pairs.storage_offset() % 2 or any(s % 2 for s in pairs.stride()[:-1]):
         pairs = pairs.clone(memory_format=torch.contiguous_format)
+    elif inplace:
+        torch.view_as_complex(pairs).mul_(phasors)
+        return x
     return torch.view_as_real(torch.view_as_complex(pairs) * phasors).flatten(-2)

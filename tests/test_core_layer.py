@@ -196,3 +196,18 @@ def test_layer_errors() -> None:
         LinearAttention(32, 4, norm="bn")
     with pytest.raises(ValueError, match=r"x must have shape \(B, N, d_model\), got \(4, 32\)"):
         LinearAttention(32, 4)(torch.randn(4, 32))
+
+
+@pytest.mark.parametrize("feature_map", ["elu1", "identity"])
+def test_inference_rotates_in_place_without_touching_the_callers_tensors(feature_map):
+    """Under no_grad an orthogonal LRPE may overwrite the feature maps (fresh temporaries); the result
+    must equal the autograd path's, and q, k themselves (identity feature map) must stay untouched."""
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(2, 3, 37, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    q0, k0 = q.clone(), k.clone()
+    core = LinearAttentionCore(8, num_heads=3, positional="orthogonal", p="householder", feature_map=feature_map)
+    with torch.no_grad():
+        fast = core(q, k, v)
+    assert torch.equal(q, q0) and torch.equal(k, k0)
+    reference = core(q.clone().requires_grad_(True), k.clone().requires_grad_(True), v)
+    torch.testing.assert_close(fast, reference.detach(), atol=1e-12, rtol=1e-12)
