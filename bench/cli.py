@@ -29,7 +29,7 @@ def add_sweep_options(add) -> None:
     add("--variants", default=None, help="comma list of names or globs, e.g. 'linear-lrpe-*,flash@sdpa-flash'")
     add("--dtype", default=None, help="float32, bfloat16, float16, float64 (or bf16, fp16...), comma list")
     add("--causal", default=None, help="true, false or both")
-    add("--pass", dest="pass_", default=None, help="fwd, fwd+bwd or both")
+    add("--pass", dest="pass_", metavar="PASS", default=None, help="fwd, fwd+bwd or both")
     add("--heads", default=None, type=int, help="attention heads")
     add("--batch", default=None, type=int, help="batch size (ignored when tokens-per-batch is set)")
     add("--tokens-per-batch", dest="tokens_per_batch", default=None,
