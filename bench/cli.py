@@ -97,7 +97,9 @@ def _run(args: argparse.Namespace) -> int:
     print(f"run {sweep.run_id}: preset {spec.name} on {spec.device} ({sweep.device_name}), "
           f"{len(sweep.planned)} configs" + (f", {skipped} already done (resumed)" if skipped else ""),
           file=sys.stderr)
-    with tqdm(total=len(pending), unit="config", disable=args.no_progress, dynamic_ncols=True) as bar:
+    # disable=None: tqdm draws the bar on a terminal only, so logs and CI output stay readable.
+    with tqdm(total=len(pending), unit="config", disable=True if args.no_progress else None,
+              dynamic_ncols=True) as bar:
         for planned in pending:
             bar.set_postfix_str(planned.config.key, refresh=True)
             row = sweep.run_one(planned)
