@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lrpe.checks import check_qk
 from lrpe.rotation import angle_dtype, positions
 
 
@@ -76,13 +77,7 @@ class _SPE(nn.Module, ABC):
         self.generator: torch.Generator | None = None
 
     def _check(self, q: Tensor, k: Tensor) -> None:
-        for name, t in (("q", q), ("k", k)):
-            if t.dim() != 4:
-                raise ValueError(f"{name} must have shape (B, H, N, D), got {tuple(t.shape)}")
-            if not t.is_floating_point():
-                raise ValueError(f"{name} must have a floating dtype, got {t.dtype}")
-        if q.shape != k.shape:
-            raise ValueError(f"q and k must have one shape, got q {tuple(q.shape)} and k {tuple(k.shape)}")
+        check_qk(q, k)
         if q.shape[1] != self.num_heads:
             raise ValueError(f"expected {self.num_heads} heads, got H={q.shape[1]} in {tuple(q.shape)}")
         if q.shape[3] != self.head_dim:
