@@ -125,3 +125,22 @@ def test_unknown_layout_error_lists_the_allowed_ones() -> None:
     with pytest.raises(ValueError, match="interleaved") as info:
         apply_rope(torch.randn(1, 1, 2, 4), layout="neox")
     assert "half" in str(info.value)
+
+
+@pytest.mark.parametrize("layout", ["half", "interleaved"])
+@pytest.mark.parametrize("n", [1, 37, 130])
+def test_roformer_linear_attention_rotates_the_numerator_only(layout, n):
+    """RoFormer Eq. 19 through the suite's linear-attention core: numerator from rotated phi(q), phi(k),
+    denominator from the unrotated ones, against an explicit N x N computation in float64."""
+    from lrpe import LinearAttentionCore, get_feature_map
+
+    g = torch.Generator().manual_seed(n)
+    q, k, v = (torch.randn(2, 3, n, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    core = LinearAttentionCore(8, positional=RoPE(8, layout=layout), normalize=True, eps=1e-6)
+    out = core(q, k, v, offset=5)
+    phi = get_feature_map("elu1")
+    mask = torch.ones(n, n, dtype=torch.bool).tril()
+    rq, rk = apply_rope(phi(q), offset=5, layout=layout), apply_rope(phi(k), offset=5, layout=layout)
+    numerator = ((rq @ rk.transpose(-1, -2)) * mask) @ v
+    denominator = ((phi(q) @ phi(k).transpose(-1, -2)) * mask).sum(-1, keepdim=True)
+    torch.testing.assert_close(out, numerator / (denominator + 1e-6), atol=1e-10, rtol=1e-10)
