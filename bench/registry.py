@@ -25,7 +25,7 @@ from baselines.rope import RoPE
 from baselines.softmax import SoftmaxAttention
 from baselines.spe import ConvSPE, SineSPE
 from bench.config import BenchConfig
-from bench.variant import AttentionSpec, Variant
+from bench.variant import AttentionSpec, Variant, always_available, supports_everything
 from lrpe import P_CHOICES, LinearAttentionCore
 
 ROPE_LAYOUT = "half"
@@ -92,7 +92,7 @@ def _softmax_variants() -> list[Variant]:
             name = f"softmax{'' if pe == 'none' else '-' + pe}@{backend}"
             if backend == "naive":
                 builder: Callable = partial(_softmax, pe=pe)
-                probe, check = (lambda: None), (_even_head_dim if pe == "rope" else (lambda c: None))
+                probe, check = always_available, (_even_head_dim if pe == "rope" else supports_everything)
             else:
                 builder = partial(_flash, backend=backend, pe=pe)
                 probe, check = partial(availability, backend), _flash_check(backend, pe)
@@ -132,10 +132,10 @@ def _flash_variants() -> list[Variant]:
 
 LINEAR_BACKENDS: dict[str, dict] = {
     "naive": {"impl": "quadratic", "time": "quadratic", "memory": "quadratic", "devices": ("cpu", "cuda"),
-              "probe": lambda: None, "causal": (True, False), "dtypes": ("float32", "float64", "bfloat16", "float16"),
-              "about": "quadratic oracle (explicit N x N)"},
+              "probe": always_available, "causal": (True, False),
+              "dtypes": ("float32", "float64", "bfloat16", "float16"), "about": "quadratic oracle (explicit N x N)"},
     "torch-chunked": {"impl": "chunked", "time": "linear", "memory": "linear", "devices": ("cpu", "cuda"),
-                      "probe": lambda: None, "causal": (True, False),
+                      "probe": always_available, "causal": (True, False),
                       "dtypes": ("float32", "float64", "bfloat16", "float16"),
                       "about": f"chunked form in plain PyTorch, C = {CHUNK_SIZE}, float32 state"},
     "fla": {"impl": fla_linear_attention, "time": "linear", "memory": "linear", "devices": ("cuda",),
@@ -171,7 +171,7 @@ def _linear_variants() -> list[Variant]:
                 builder=partial(_linear, pe=pe, p=p, impl=info["impl"]),
                 time_complexity=info["time"], memory_complexity=info["memory"], devices=info["devices"],
                 dtypes=info["dtypes"], causal_modes=info["causal"], probe=info["probe"],
-                check=_even_head_dim if needs_even else (lambda c: None), key_width=_key_width(pe),
+                check=_even_head_dim if needs_even else supports_everything, key_width=_key_width(pe),
                 chunk_size=CHUNK_SIZE if info["time"] == "linear" else None,
                 in_sweeps=p in SWEEP_P, description=info["about"], options={"p": p}))
     return out

@@ -31,11 +31,11 @@ Builder = Callable[[AttentionSpec], nn.Module]
 returning (B, H, N, Dv) in v's dtype. The executor moves it to the device; it accepts any supported dtype."""
 
 
-def _always_available() -> str | None:
+def always_available() -> str | None:
     return None
 
 
-def _supports_everything(config: BenchConfig) -> str | None:
+def supports_everything(config: BenchConfig) -> str | None:
     return None
 
 
@@ -63,8 +63,8 @@ class Variant:
     devices: tuple[str, ...] = ("cpu", "cuda")
     dtypes: tuple[str, ...] = ("float32", "float64", "bfloat16", "float16")
     causal_modes: tuple[bool, ...] = (True, False)
-    probe: Callable[[], str | None] = _always_available
-    check: Callable[[BenchConfig], str | None] = _supports_everything
+    probe: Callable[[], str | None] = always_available
+    check: Callable[[BenchConfig], str | None] = supports_everything
     key_width: Callable[[int], int] = lambda d: d
     chunk_size: int | None = None
     in_sweeps: bool = True

@@ -1,5 +1,6 @@
 """The command line and the pytest front end, run as a user would (subprocesses where it matters)."""
 
+import io
 import json
 import os
 import signal
@@ -24,7 +25,7 @@ def test_list_shows_every_variant_and_what_runs_here(capsys):
     assert "available here" in out and "linear-lrpe-orthogonal@torch-chunked" in out
     assert "flash-linear-attention" in out or "linear@fla" in out
     assert main(["list", "linear-lrpe-unitary*", "--format", "csv"]) == 0
-    frame = pd.read_csv(__import__("io").StringIO(capsys.readouterr().out))
+    frame = pd.read_csv(io.StringIO(capsys.readouterr().out))
     assert set(frame["pe"]) == {"lrpe-unitary"} and "reason" in frame
 
 
