@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.presets import preset_names
-from bench.store import DEFAULT_RESULTS_DIR
+from bench.sweep.presets import preset_names
+from bench.sweep.store import DEFAULT_RESULTS_DIR
 
 SWEEP_OPTIONS = ("n", "d", "variants", "dtype", "causal", "pass", "heads", "batch", "tokens_per_batch",
                  "seed", "time_limit", "config_time_limit", "memory_limit")
@@ -85,9 +85,9 @@ def _list(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from bench.presets import load_spec
-    from bench.summary import summary_text
-    from bench.sweep import Sweep
+    from bench.sweep.presets import load_spec
+    from bench.sweep.session import Sweep
+    from reports.summary import summary_text
 
     spec = load_spec(args.preset, device=args.device, overrides=overrides_from(vars(args)))
     sweep = Sweep(spec, results_dir=args.results_dir or DEFAULT_RESULTS_DIR, run_id=args.run_id,
@@ -118,7 +118,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    from bench.store import merge_runs
+    from bench.sweep.store import merge_runs
 
     merged = merge_runs(args.runs, args.results_dir or DEFAULT_RESULTS_DIR, args.into)
     frame = merged.frame()

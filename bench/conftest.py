@@ -13,9 +13,9 @@ SKIP_REASON = "benchmark modules run only with --benchmark (pytest bench/ --benc
 def _sweep(config: pytest.Config):
     """The session's Sweep, made once (its ceilings are measured at collection)."""
     if SWEEP_KEY not in config.stash:
-        from bench.presets import load_spec
-        from bench.store import DEFAULT_RESULTS_DIR
-        from bench.sweep import Sweep
+        from bench.sweep.presets import load_spec
+        from bench.sweep.session import Sweep
+        from bench.sweep.store import DEFAULT_RESULTS_DIR
 
         options = {name: config.getoption(name) for name in
                    ("n", "d", "variants", "dtype", "causal", "pass_", "heads", "batch", "tokens_per_batch",
@@ -47,7 +47,7 @@ def bench_sweep(request: pytest.FixtureRequest):
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
     if SWEEP_KEY not in config.stash:
         return
-    from bench.summary import summary_text
+    from reports.summary import summary_text
 
     sweep = config.stash[SWEEP_KEY]
     frame_path = sweep.finish()

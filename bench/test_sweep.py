@@ -13,14 +13,14 @@ import math
 
 import pytest
 
-from bench.timing import SynchronizedCallable, Timing
+from bench.measure.timing import SynchronizedCallable, Timing
 
 EXTRA_COLUMNS = ("key", "run_id", "status", "reason", "time_median_ms", "time_p20_ms", "time_p80_ms",
                  "peak_mem_bytes", "flops", "tflops", "gbps", "tokens_per_s", "predicted_ms")
 
 
 def pytest_benchmark_timer(benchmark, device: str, settings):
-    """A Timer (see bench.executor) that times through the ``benchmark`` fixture."""
+    """A Timer (see bench.sweep.executor) that times through the ``benchmark`` fixture."""
     def timer(fn, seconds_per_call: float) -> Timing:
         budget_rounds = math.ceil(settings.min_time_s / max(seconds_per_call, 1e-9))
         cap_rounds = max(settings.min_repeats, math.floor(settings.max_time_s / max(seconds_per_call, 1e-9)))

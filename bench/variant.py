@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from bench.config import BenchConfig
+from bench.measure.flops import Shape
 
 FAMILIES = ("softmax", "flash", "linear")
 PES = ("none", "ape", "rope", "spe-sine", "spe-conv", "lrpe-unitary", "lrpe-orthogonal", "lrpe-permutation")
@@ -93,6 +94,11 @@ class Variant:
         if config.causal not in self.causal_modes:
             return f"causal={config.causal} not supported"
         return self.check(config)
+
+    def flop_shape(self, config: BenchConfig) -> Shape:
+        """The sizes the FLOP and byte formulas of ``bench.measure.flops`` take for ``config``."""
+        return Shape(batch=config.batch, heads=config.heads, n=config.n, dk=self.key_width(config.d),
+                     dv=config.d, d_in=config.d)
 
     def build(self, config: BenchConfig, seed: int = 0) -> nn.Module:
         """The attention core for ``config``, on its device, parameters seeded by ``seed``."""

@@ -1,4 +1,4 @@
-"""bench.ceilings: positive rates, consistent with the shapes, bytes and times they came from."""
+"""bench.measure.ceilings: positive rates, consistent with the shapes, bytes and times they came from."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from bench.ceilings import measure_ceilings
+from bench.measure.ceilings import measure_ceilings
 
 
 @pytest.fixture(scope="module")

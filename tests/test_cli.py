@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.cli import main
-from bench.store import RunStore
+from bench.sweep.store import RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "tests" / "data" / "tiny.toml"

@@ -1,4 +1,4 @@
-"""bench.environment: JSON-serialisable, with the keys the run store relies on."""
+"""bench.measure.environment: JSON-serialisable, with the keys the run store relies on."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import platform
 import pytest
 import torch
 
-from bench.environment import PACKAGES, collect_environment, git_state, package_version
+from bench.measure.environment import PACKAGES, collect_environment, git_state, package_version
 
 KEYS = ("git_commit", "git_dirty", "versions", "device", "device_name", "cuda_version", "driver_version",
         "cpu_model", "logical_cores", "torch_threads", "hostname", "platform", "utc_time")

@@ -7,13 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from bench import planner
 from bench.config import BenchConfig
-from bench.executor import Executor
-from bench.presets import load_spec
+from bench.measure.timing import TimingSettings
 from bench.registry import get_variant
-from bench.sweep import Sweep
-from bench.timing import TimingSettings
+from bench.sweep import planner
+from bench.sweep.executor import Executor
+from bench.sweep.presets import load_spec
+from bench.sweep.session import Sweep
 from bench.variant import Variant
 
 TINY = Path(__file__).parent / "data" / "tiny.toml"
@@ -110,7 +110,7 @@ def test_profile_writes_a_trace_per_config(tmp_path):
 
 
 def test_inputs_are_seeded_and_on_the_config_dtype():
-    from bench.executor import make_inputs
+    from bench.sweep.executor import make_inputs
 
     a = make_inputs(config(dtype="bfloat16"), seed=1)
     b = make_inputs(config(dtype="bfloat16"), seed=1)

@@ -1,4 +1,4 @@
-"""bench.memory: CPU peaks of known allocations, repeated measurements, OOM classification."""
+"""bench.measure.memory: CPU peaks of known allocations, repeated measurements, OOM classification."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import memory
-from bench.memory import (
+from bench.measure import memory
+from bench.measure.memory import (
     MemoryMeasurementUnavailable,
     available_memory_bytes,
     is_oom,
@@ -70,7 +70,7 @@ def test_measurement_leaves_glibc_reusing_freed_blocks():
     # freed blocks are reused (measured ~14k faults here, as with glibc's defaults; 41k without restoring).
     script = (
         "import resource, torch\n"
-        "from bench.memory import measure_peak_bytes\n"
+        "from bench.measure.memory import measure_peak_bytes\n"
         "measure_peak_bytes(lambda: torch.ones(2**20), 'cpu')\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
         "for _ in range(20):\n"

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 
 from bench.config import BenchConfig
-from bench.planner import Budget, Planned, parse_shard, plan
-from bench.presets import Limits, load_spec
 from bench.registry import get_variant
+from bench.sweep.planner import Budget, Planned, parse_shard, plan
+from bench.sweep.presets import Limits, load_spec
 
 TINY = Path(__file__).parent / "data" / "tiny.toml"
 

@@ -1,4 +1,4 @@
-"""bench.profiling: a trace that parses, a top table, rows as data, safe file names."""
+"""bench.measure.profiling: a trace that parses, a top table, rows as data, safe file names."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from bench.profiling import profile_callable, safe_name
+from bench.measure.profiling import profile_callable, safe_name
 
 
 def test_profile_writes_a_trace_and_a_top_table(tmp_path):

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from bench.store import RunStore, merge_runs
+from bench.sweep.store import RunStore, merge_runs
 
 
 def row(key, **extra):

@@ -1,4 +1,4 @@
-"""bench.telemetry: silent without a GPU, correct summaries from a (simulated) NVML."""
+"""bench.measure.telemetry: silent without a GPU, correct summaries from a (simulated) NVML."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections import namedtuple
 import pytest
 import torch
 
-from bench.telemetry import TelemetrySampler, gpu_static_info, nvml_unavailable_reason
+from bench.measure.telemetry import TelemetrySampler, gpu_static_info, nvml_unavailable_reason
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -1,4 +1,4 @@
-"""bench.timing: agreement with an independent clock, consistent summaries, and the stopping rules."""
+"""bench.measure.timing: agreement with an independent clock, consistent summaries, and the stopping rules."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from bench.timing import (
+from bench.measure.timing import (
     SynchronizedCallable,
     Timing,
     TimingSettings,
@@ -159,7 +159,7 @@ def test_time_cuda_consistent_and_synchronised(flush_l2):
 
 def test_do_bench_gets_a_time_budget_within_the_settings(monkeypatch):
     # The GPU path without a GPU: one call "takes" 50 ms, do_bench is a stand-in that records its arguments.
-    from bench import timing
+    from bench.measure import timing
 
     monkeypatch.setattr(timing, "_cuda_event_ms", lambda fn, device, flush=None: 50.0)
     calls = {}

@@ -15,14 +15,15 @@ from pathlib import Path
 
 import torch
 
-from bench.ceilings import measure_ceilings
-from bench.environment import collect_environment
-from bench.executor import Executor, Timer
-from bench.memory import available_memory_bytes
-from bench.planner import Budget, Planned, parse_shard, plan
-from bench.presets import SweepSpec
-from bench.store import DEFAULT_RESULTS_DIR, RunStore
-from bench.timing import TimingSettings
+from bench.measure.ceilings import measure_ceilings
+from bench.measure.environment import collect_environment
+from bench.measure.memory import available_memory_bytes
+from bench.measure.timing import TimingSettings
+from bench.record import make_row
+from bench.sweep.executor import Executor, Timer
+from bench.sweep.planner import Budget, Planned, parse_shard, plan
+from bench.sweep.presets import SweepSpec
+from bench.sweep.store import DEFAULT_RESULTS_DIR, RunStore
 
 
 def new_run_id() -> str:
@@ -100,7 +101,7 @@ class Sweep:
         if status is None:
             measured = self.executor.run(config, variant, timer)
             status, reason = measured.pop("status"), measured.pop("reason")
-        row = {
+        values = {
             "run_id": self.run_id, "key": config.key, **config.as_row(),
             "family": variant.family, "pe": variant.pe, "backend": variant.backend,
             "time_complexity": variant.time_complexity, "device_name": self.device_name,
@@ -112,9 +113,10 @@ class Sweep:
             "finished_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             **measured,
         }
-        if "workload_s" in row:
-            row["wall_s"] = time.perf_counter() - started
-            row["overhead_s"] = max(0.0, row["wall_s"] - row["workload_s"])
+        if "workload_s" in values:
+            values["wall_s"] = time.perf_counter() - started
+            values["overhead_s"] = max(0.0, values["wall_s"] - values["workload_s"])
+        row = make_row("speed", values)
         self.store.append(row)
         self.rows.append(row)
         self.done.add(config.key)

@@ -14,7 +14,7 @@ import tomllib
 
 from bench.config import BenchConfig, parse_bool_list, parse_dtype, parse_pass_list, parse_size, parse_sizes
 
-PRESET_DIR = Path(__file__).with_name("presets")
+PRESET_DIR = Path(__file__).resolve().parents[1] / "presets"
 
 SIZE_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 

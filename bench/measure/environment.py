@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from bench.telemetry import gpu_static_info, nvml_unavailable_reason
+from bench.measure.telemetry import gpu_static_info, nvml_unavailable_reason
 
 # Distribution names as pip knows them: reading their metadata imports nothing (xformers and flash-attn
 # can print errors or take seconds to import).

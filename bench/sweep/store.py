@@ -10,7 +10,6 @@ Layout of ``<results>/<run_id>/``:
 from __future__ import annotations
 
 import json
-import math
 import os
 import warnings
 from collections.abc import Iterable
@@ -18,17 +17,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.record import make_row, to_frame
+
 ROWS_FILE = "rows.jsonl"
 ENVIRONMENT_FILE = "environment.json"
 FRAME_FILE = "results.csv"
 DEFAULT_RESULTS_DIR = Path("results")
-
-
-def _clean(value):
-    """JSON has no NaN or infinity: store them as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 class RunStore:
@@ -63,10 +57,11 @@ class RunStore:
         return {row["key"] for row in self.rows()}
 
     def append(self, row: dict) -> None:
-        """Write one row and force it to disk before returning."""
+        """Validate one row against ``bench.record`` and write it, forced to disk before returning."""
         if "key" not in row:
             raise ValueError(f"a row needs a 'key', got columns {sorted(row)}")
-        line = json.dumps({name: _clean(value) for name, value in row.items()}, default=str)
+        row = make_row(str(row.get("task") or "speed"), row)
+        line = json.dumps(row)
         # A previous session killed mid-write can leave a line without its newline: start a fresh one.
         needs_newline = False
         if self.rows_path.exists() and self.rows_path.stat().st_size > 0:
@@ -91,8 +86,8 @@ class RunStore:
         (self.path / ENVIRONMENT_FILE).write_text(json.dumps(record, indent=2, default=str))
 
     def frame(self) -> pd.DataFrame:
-        """The rows as a DataFrame, one row per config (the last row wins if a key repeats)."""
-        frame = pd.DataFrame(self.rows())
+        """The rows as a DataFrame typed by ``bench.record`` (one row per key: the last row wins)."""
+        frame = to_frame(self.rows())
         if frame.empty:
             return frame
         return frame.drop_duplicates(subset="key", keep="last").reset_index(drop=True)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 
 from bench.config import DTYPES, parse_dtype
-from bench.timing import Timing, TimingSettings, time_callable, warmup
+from bench.measure.timing import Timing, TimingSettings, time_callable, warmup
 
 GPU_MATMUL_N = 8192
 GPU_COPY_BYTES = 2**30

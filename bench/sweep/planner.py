@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bench.config import BenchConfig
-from bench.flops import Shape, attention_flops
-from bench.presets import Limits, SweepSpec
+from bench.measure.flops import attention_flops
 from bench.registry import get_variant
+from bench.sweep.presets import Limits, SweepSpec
 from bench.variant import Variant
 
 EXPONENT = {"quadratic": 2, "linear": 1}
@@ -67,11 +67,6 @@ def series_key(config: BenchConfig) -> tuple:
     return (config.variant, config.device, config.dtype, config.pass_, config.causal, config.d, config.heads)
 
 
-def formula_shape(config: BenchConfig, variant: Variant) -> Shape:
-    return Shape(batch=config.batch, heads=config.heads, n=config.n, dk=variant.key_width(config.d),
-                 dv=config.d, d_in=config.d)
-
-
 @dataclass(frozen=True)
 class Prediction:
     seconds_per_call: float | None
@@ -101,7 +96,7 @@ class Budget:
                    and series_key(_row_config(r)) == key]
         time_exp = EXPONENT[variant.time_complexity]
         mem_exp = EXPONENT[variant.memory_complexity]
-        flops = attention_flops(formula_shape(config, variant), time_complexity=variant.time_complexity,
+        flops = attention_flops(variant.flop_shape(config), time_complexity=variant.time_complexity,
                                 causal=config.causal, pass_=config.pass_, chunk_size=variant.chunk_size)
         floor_s = flops / (self.matmul_tflops * 1e12) if self.matmul_tflops else None
         floor_bytes = (4.0 * config.batch * config.heads * config.n**2

@@ -34,6 +34,7 @@ class Timing:
     max_ms: float
     repeats: int
     total_s: float
+    iqr_ms: float
     samples_ms: list[float] = field(repr=False)
 
     @classmethod
@@ -42,8 +43,9 @@ class Timing:
         if len(samples_s) == 0:
             raise ValueError("no timing samples")
         samples_ms = [float(s) * 1e3 for s in samples_s]
-        p20, median, p80 = np.percentile(samples_ms, [20, 50, 80])
-        return cls(median_ms=float(median), p20_ms=float(p20), p80_ms=float(p80), min_ms=min(samples_ms),
+        p20, q25, median, q75, p80 = np.percentile(samples_ms, [20, 25, 50, 75, 80])
+        return cls(median_ms=float(median), p20_ms=float(p20), p80_ms=float(p80), iqr_ms=float(q75 - q25),
+                   min_ms=min(samples_ms),
                    max_ms=max(samples_ms), repeats=len(samples_ms), total_s=float(sum(samples_s)),
                    samples_ms=samples_ms)
 

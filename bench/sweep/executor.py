@@ -13,16 +13,16 @@ from pathlib import Path
 import torch
 
 from bench.config import BenchConfig
-from bench.flops import attention_flops, minimum_bytes
-from bench.memory import MemoryMeasurementUnavailable, is_oom, measure_peak_bytes, release_memory
-from bench.planner import formula_shape
-from bench.profiling import profile_callable
-from bench.telemetry import TelemetrySampler
-from bench.timing import Timing, TimingSettings, time_callable, warmup
+from bench.measure.flops import attention_flops, minimum_bytes
+from bench.measure.memory import MemoryMeasurementUnavailable, is_oom, measure_peak_bytes, release_memory
+from bench.measure.profiling import profile_callable
+from bench.measure.telemetry import TelemetrySampler
+from bench.measure.timing import Timing, TimingSettings, time_callable, warmup
+from bench.record import is_high_variance
 from bench.variant import Variant
 
 Timer = Callable[[Callable[[], object], float], Timing]
-"""(workload, seconds of one call measured during warm-up) -> Timing. The default is bench.timing's
+"""(workload, seconds of one call measured during warm-up) -> Timing. The default is bench.measure.timing's
 ``time_callable``; pytest runs pass one that goes through pytest-benchmark."""
 
 MAX_REASON = 600
@@ -115,7 +115,8 @@ class Executor:
                     row.update({f"gpu_{name}": value for name, value in sampler.summary().items()})
             workload_s += timing.total_s
             row.update(time_median_ms=timing.median_ms, time_p20_ms=timing.p20_ms, time_p80_ms=timing.p80_ms,
-                       time_min_ms=timing.min_ms, repeats=timing.repeats)
+                       time_min_ms=timing.min_ms, time_iqr_ms=timing.iqr_ms, repeats=timing.repeats,
+                       high_variance=is_high_variance(timing.median_ms, timing.iqr_ms))
 
             mark = time.perf_counter()
             try:
@@ -144,7 +145,7 @@ class Executor:
         return row
 
     def _throughput(self, config: BenchConfig, variant: Variant, timing: Timing) -> dict:
-        shape = formula_shape(config, variant)
+        shape = variant.flop_shape(config)
         flops = attention_flops(shape, time_complexity=variant.time_complexity, causal=config.causal,
                                 pass_=config.pass_, chunk_size=variant.chunk_size)
         nbytes = minimum_bytes(shape, pass_=config.pass_, bytes_per_element=config.torch_dtype.itemsize)

@@ -1,0 +1,1 @@
+"""Measuring primitives: timing, memory, telemetry, ceilings, profiling, FLOP counts, environment."""

@@ -1,0 +1,1 @@
+"""Sweep orchestration: presets -> plan -> execute -> store (one way)."""
