@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from bench.measure.allocator import regime_record
 from bench.measure.telemetry import gpu_static_info, nvml_unavailable_reason
 
 # Distribution names as pip knows them: reading their metadata imports nothing (xformers and flash-attn
@@ -43,6 +44,8 @@ def collect_environment(device: str | torch.device) -> dict:
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "thread_env": {name: os.environ.get(name) for name in THREAD_ENV_VARS},
+        # The CPU allocator and the regimes timed calls and memory passes run under (docs/cpu-timing.md).
+        "allocator": regime_record(),
         "hostname": socket.gethostname(),
         "platform": platform.platform(),
         "utc_time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -6,15 +6,14 @@ mark (VmHWM), reset before the call through /proc/self/clear_refs; ``tracemalloc
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from functools import cache
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from bench.measure.allocator import memory_regime, trim
 
 PROC_STATUS = Path("/proc/self/status")
 PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -22,10 +21,6 @@ PROC_MEMINFO = Path("/proc/meminfo")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 _CLEAR_REFS_RESET_HWM = "5"
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-_SMALL_MMAP_THRESHOLD = 128 * 2**10  # glibc's initial default
-_GLIBC_MAX_MMAP_THRESHOLD = 4 * 2**20 * ctypes.sizeof(ctypes.c_long)  # where glibc's dynamic threshold stops
 # After a reset, VmHWM may exceed VmRSS only by what reading /proc itself allocated.
 _RESET_SLACK_BYTES = 4 * 2**20
 
@@ -81,12 +76,23 @@ def available_memory_bytes(device: str | torch.device) -> int:
 
 def is_oom(exc: BaseException) -> bool:
     """Whether ``exc`` (or an exception it was raised from) reports running out of memory: CUDA's
-    OutOfMemoryError, MemoryError, an allocator's RuntimeError, or Triton's OutOfResources (a kernel's tile
-    that does not fit in shared memory)."""
+    OutOfMemoryError, MemoryError, or an allocator's RuntimeError. Triton's OutOfResources is not: see
+    ``is_out_of_resources``."""
+    return _in_chain(exc, _is_oom_itself)
+
+
+def is_out_of_resources(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is Triton's OutOfResources: a kernel's tile needs
+    more shared memory or registers than the GPU has. That limit depends on the kernel's block sizes, head dim
+    and dtype, not on N, so it is a limit of the variant (``unsupported``), not an out-of-memory."""
+    return _in_chain(exc, _is_out_of_resources_itself)
+
+
+def _in_chain(exc: BaseException, test: Callable[[BaseException], bool]) -> bool:
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
-        if _is_oom_itself(current):
+        if test(current):
             return True
         seen.add(id(current))
         current = current.__cause__  # wrappers (torch.compile, autotuners) keep the original here
@@ -100,8 +106,8 @@ def release_memory(device: str | torch.device) -> None:
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    elif device.type == "cpu" and (libc := _glibc()) is not None:
-        libc.malloc_trim(0)
+    elif device.type == "cpu":
+        trim()
 
 
 def _cuda_peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
@@ -114,7 +120,10 @@ def _cuda_peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
 
 
 def _cpu_peak_bytes(fn: Callable[[], object]) -> int:
-    with _glibc_small_mmap_threshold():
+    # Every block of 128 KiB or more its own mmap, free pages given back first: each block of the call adds
+    # to the resident set, and a second measurement does not read ~0 from pages an earlier one left resident.
+    # The regime ends with the block (bench.measure.allocator), so it never reaches a later timing.
+    with memory_regime():
         try:
             PROC_CLEAR_REFS.write_text(_CLEAR_REFS_RESET_HWM)
             status = _proc_status_bytes()
@@ -129,44 +138,6 @@ def _cpu_peak_bytes(fn: Callable[[], object]) -> int:
         fn()
         peak = _proc_status_bytes()["VmHWM"]
     return max(0, peak - base)
-
-
-@contextmanager
-def _glibc_small_mmap_threshold() -> Iterator[None]:
-    """Make glibc serve every block of 128 KiB or more with its own mmap for the duration, and give free
-    heap pages back to the system first, so that each block of the call adds to the resident set.
-
-    Without this, glibc's dynamic threshold grows to the largest block freed (up to 32 MiB) and blocks below
-    it come from a heap whose freed pages stay resident: a second measurement then reuses them and reads
-    near 0. The threshold is not left small, because it makes every later temporary of 128 KiB to 32 MiB a
-    fresh mmap with page faults, which measured 1.9-2.7x slower CPU timings of chunked attention. It is
-    left fixed where glibc's dynamic threshold stops growing (32 MiB, trim at 64 MiB), which timed the
-    same as glibc's defaults. Outside glibc nothing is changed.
-    """
-    libc = _glibc()
-    if libc is None:
-        yield
-        return
-    libc.mallopt(_M_MMAP_THRESHOLD, _SMALL_MMAP_THRESHOLD)
-    libc.malloc_trim(0)
-    try:
-        yield
-    finally:
-        libc.mallopt(_M_MMAP_THRESHOLD, _GLIBC_MAX_MMAP_THRESHOLD)
-        libc.mallopt(_M_TRIM_THRESHOLD, 2 * _GLIBC_MAX_MMAP_THRESHOLD)
-
-
-@cache
-def _glibc() -> ctypes.CDLL | None:
-    try:
-        libc = ctypes.CDLL(None)
-    except OSError:
-        return None
-    if not all(hasattr(libc, name) for name in ("gnu_get_libc_version", "mallopt", "malloc_trim")):
-        return None
-    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    libc.malloc_trim.argtypes = [ctypes.c_size_t]
-    return libc
 
 
 def _proc_status_bytes() -> dict[str, int]:
@@ -203,8 +174,10 @@ def _cgroup_headroom_bytes() -> int | None:
 def _is_oom_itself(exc: BaseException) -> bool:
     if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)):
         return True
-    if isinstance(exc, RuntimeError) and any(marker in str(exc).lower() for marker in _OOM_MARKERS):
-        return True
+    return isinstance(exc, RuntimeError) and any(marker in str(exc).lower() for marker in _OOM_MARKERS)
+
+
+def _is_out_of_resources_itself(exc: BaseException) -> bool:
     # Triton is looked up, not imported: if it was never imported, it cannot have raised.
     triton_errors = sys.modules.get("triton.runtime.errors")
     out_of_resources = getattr(triton_errors, "OutOfResources", None)

@@ -9,11 +9,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from bench.measure.allocator import minor_faults
 
 # A 95% interval of the median of n samples is about +-1.96 * 1.2533 * sigma / sqrt(n) (the median's
 # standard error), and sigma of a normal is about IQR / 1.349; together +-1.82 * IQR / sqrt(n).
@@ -25,7 +27,8 @@ _FALLBACK_GPU_L2_BYTES = 128 * 2**20
 
 @dataclass
 class Timing:
-    """Summary of the timed calls of one callable. Times in milliseconds, except ``total_s`` (seconds)."""
+    """Summary of the timed calls of one callable. Times in milliseconds, except ``total_s`` (seconds).
+    ``minor_faults_per_call``: minor page faults of the process per timed call (CPU timer; None elsewhere)."""
 
     median_ms: float
     p20_ms: float
@@ -36,6 +39,7 @@ class Timing:
     total_s: float
     iqr_ms: float
     samples_ms: list[float] = field(repr=False)
+    minor_faults_per_call: float | None = None
 
     @classmethod
     def from_samples(cls, samples_s: Sequence[float]) -> Timing:
@@ -149,19 +153,26 @@ def time_callable(fn: Callable[[], object], device: str | torch.device,
 
 
 def time_cpu(fn: Callable[[], object], settings: TimingSettings) -> Timing:
-    """Time each call of ``fn`` with ``time.perf_counter`` (see ``TimingSettings`` for when it stops)."""
+    """Time each call of ``fn`` with ``time.perf_counter`` (see ``TimingSettings`` for when it stops), and
+    count the process's minor page faults inside the timed region (the flush is outside it)."""
     # numpy's fill is one thread: a torch fill would leave OpenMP workers spinning into the timed call, which
     # slowed a pure-Python call 1.75x on a 2-core machine.
     flush = np.empty(2 * _cpu_cache_bytes(), dtype=np.uint8) if settings.flush_l2 else None
+    faults = 0
 
     def timed_call() -> float:
+        nonlocal faults
         if flush is not None:
             flush.fill(0)
+        before = minor_faults()  # a getrusage call: about a microsecond, outside the timed region
         start = time.perf_counter()
         fn()
-        return time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+        faults += minor_faults() - before
+        return elapsed
 
-    return _repeat(timed_call, settings)
+    timing = _repeat(timed_call, settings)
+    return replace(timing, minor_faults_per_call=faults / timing.repeats)
 
 
 def time_cuda(fn: Callable[[], object], settings: TimingSettings, device: str | torch.device) -> Timing:
