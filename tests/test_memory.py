@@ -15,6 +15,7 @@ from bench.measure.memory import (
     MemoryMeasurementUnavailable,
     available_memory_bytes,
     is_oom,
+    is_out_of_resources,
     measure_peak_bytes,
 )
 
@@ -138,8 +139,21 @@ def test_is_oom_follows_the_cause_and_knows_triton():
             raise RuntimeError("backend compiler failed") from inner
     except RuntimeError as wrapped:
         assert is_oom(wrapped)
+
+
+def test_triton_out_of_resources_is_not_oom():
+    # A kernel's tile that does not fit in shared memory or registers: a limit independent of N (issue 7).
     errors = pytest.importorskip("triton.runtime.errors")
-    assert is_oom(errors.OutOfResources(262144, 232448, "shared memory"))
+    limit = errors.OutOfResources(262144, 232448, "shared memory")
+    assert is_out_of_resources(limit) and not is_oom(limit)
+    try:
+        try:
+            raise limit
+        except errors.OutOfResources as inner:
+            raise RuntimeError("autotuner: every config failed") from inner
+    except RuntimeError as wrapped:
+        assert is_out_of_resources(wrapped) and not is_oom(wrapped)
+    assert not is_out_of_resources(MemoryError()) and not is_out_of_resources(ValueError("shared memory"))
 
 
 def test_oom_from_a_real_allocation_is_recognised():

@@ -70,8 +70,8 @@ class GlibcRegime:
         """One line for a row's ``alloc_regime``: the name and every parameter."""
         trim = "never" if self.trim_threshold < 0 else _size(self.trim_threshold)
         mmap = "never" if self.mmap_max == 0 else f">= {_size(self.mmap_threshold)}"
-        return (f"glibc {self.name}: mmap {mmap}, trim {trim}"
-                f"{', malloc_trim on entry' if self.trim_on_entry else ''}")
+        when = " and ".join(w for w, on in (("entry", self.trim_on_entry), ("exit", self.trim_on_exit)) if on)
+        return f"glibc {self.name}: mmap {mmap}, trim {trim}" + (f", malloc_trim on {when}" if when else "")
 
 
 TIMING = GlibcRegime("caching", mmap_threshold=32 * MiB, trim_threshold=-1, mmap_max=0, trim_on_entry=True,
