@@ -110,9 +110,10 @@ def check_equivalence(device: str) -> list[Check]:
 def _selfcheck_preset(device: str, directory: Path) -> Path:
     """A tiny sweep: the fastest and the exact-softmax family at one N, through both front ends."""
     if device == "cuda":
-        variants, n, dtype, passes = ['"flash@sdpa-flash"', '"linear@torch-chunked"'], 4096, "bfloat16", '"fwd", "fwd+bwd"'
+        variants, dtype, passes = ['"flash@sdpa-flash"', '"linear@torch-chunked"'], "bfloat16", '"fwd", "fwd+bwd"'
     else:
-        variants, n, dtype, passes = ['"linear@torch-chunked"'], 4096, "float32", '"fwd"'
+        variants, dtype, passes = ['"linear@torch-chunked"'], "float32", '"fwd"'
+    n = 4096
     path = directory / "selfcheck.toml"
     path.write_text(
         f'description = "selfcheck"\ndevice = "{device}"\nvariants = [{", ".join(variants)}]\nn = [{n}]\n'
