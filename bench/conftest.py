@@ -36,7 +36,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                                                       id="needs-benchmark-flag")])
         return
     planned = _sweep(metafunc.config).planned
-    metafunc.parametrize("planned", planned, ids=[p.config.key.replace("|", "-") for p in planned])
+    metafunc.parametrize("planned", [pytest.param(p, marks=_timer_marks(p.config.device)) for p in planned],
+                         ids=[p.config.key.replace("|", "-") for p in planned])
+
+
+def _timer_marks(device: str) -> list:
+    """On CUDA, pytest-benchmark's clock becomes the CUDA event clock (its own does not wait for the GPU);
+    see bench/test_sweep.py and docs/gpu-timing.md."""
+    if device != "cuda":
+        return []
+    from bench.measure.timing import cuda_event_clock
+
+    return [pytest.mark.benchmark(timer=cuda_event_clock)]
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import statistics
 import time
 
@@ -45,7 +46,7 @@ def _seconds(fn) -> float:
 
 def test_time_cpu_agrees_with_an_independent_clock():
     fn = calibrated_busy(0.005)
-    three_calls = TimingSettings(min_repeats=3, max_repeats=3, min_time_s=0.0, max_time_s=1.0)  # flush on
+    three_calls = TimingSettings(min_repeats=3, max_repeats=3, min_time_s=0.0, max_time_s=1.0, flush_l2=True)
     errors = []
     for _attempt in range(2):  # one retry absorbs a hiccup of the shared machine
         # Under load this VM's vCPUs stall in bursts of ~12 ms, so single calls read 1x or several x and
@@ -157,21 +158,119 @@ def test_time_cuda_consistent_and_synchronised(flush_l2):
     assert timing.median_ms > 2 * 4096**3 / 2e15 * 1e3
 
 
+def _fake_do_bench(calls: dict):
+    """A stand-in for triton.testing.do_bench for the GPU path without a GPU: it checks every call against
+    the real function's signature, makes the calls the real one makes with warmup=0 (one, five for its
+    estimate, max(1, warmup / estimate) warm-up, then rep / estimate timed) and times them with perf_counter."""
+    from triton.testing import do_bench as real_do_bench
+
+    def fake_do_bench(*args, **kwargs):
+        bound = inspect.signature(real_do_bench).bind(*args, **kwargs)  # TypeError if the real one would fail
+        bound.apply_defaults()
+        fn, warmup_ms, rep_ms = bound.arguments["fn"], bound.arguments["warmup"], bound.arguments["rep"]
+        calls.update(bound.arguments)
+        fn()
+        estimate_ms = statistics.mean(_seconds(fn) for _ in range(5)) * 1e3
+        for _ in range(max(1, int(warmup_ms / estimate_ms))):
+            fn()
+        samples = [_seconds(fn) * 1e3 for _ in range(max(1, int(rep_ms / estimate_ms)))]
+        assert bound.arguments["return_mode"] == "all"
+        return samples
+    return fake_do_bench
+
+
+def _probe_by_perf_counter(fn, device, flush=None) -> float:
+    return _seconds(fn) * 1e3
+
+
 def test_do_bench_gets_a_time_budget_within_the_settings(monkeypatch):
-    # The GPU path without a GPU: one call "takes" 50 ms, do_bench is a stand-in that records its arguments.
     from bench.measure import timing
 
-    monkeypatch.setattr(timing, "_cuda_event_ms", lambda fn, device, flush=None: 50.0)
-    calls = {}
-
-    def fake_do_bench(fn, warmup, rep, return_mode):
-        calls.update(warmup=warmup, rep=rep, return_mode=return_mode)
-        return [3.0, 1.0, 2.0]
-
+    monkeypatch.setattr(timing, "_cuda_event_ms", lambda fn, device, flush=None: 50.0)  # one call "takes" 50 ms
+    calls: dict = {}
+    fake = _fake_do_bench(calls)
     settings = TimingSettings(min_repeats=10, max_repeats=10_000, min_time_s=0.1, max_time_s=1.0)
-    result = timing._time_do_bench(fake_do_bench, lambda: None, settings, torch.device("cpu"))
-    assert calls == {"warmup": 0, "rep": 500.0, "return_mode": "all"}  # 10 calls of 50 ms: above min_time
-    assert result.median_ms == pytest.approx(2.0) and result.total_s == pytest.approx(0.006)
+    timing._time_do_bench(fake, lambda: None, settings, torch.device("cpu"))
+    assert (calls["warmup"], calls["rep"], calls["return_mode"]) == (0, 500.0, "all")  # 10 calls of 50 ms
     capped = TimingSettings(min_repeats=100, max_repeats=10_000, min_time_s=0.1, max_time_s=1.0)
-    timing._time_do_bench(fake_do_bench, lambda: None, capped, torch.device("cpu"))
+    timing._time_do_bench(fake, lambda: None, capped, torch.device("cpu"))
     assert calls["rep"] == 1000.0  # 100 calls would take 5 s: max_time_s wins
+
+
+def test_fake_do_bench_rejects_a_call_the_real_one_would_reject():
+    with pytest.raises(TypeError):
+        _fake_do_bench({})(lambda: None, warmup=0, repeats=10)  # no such parameter in triton's do_bench
+
+
+def test_do_bench_accounting_counts_every_call_the_timer_makes(monkeypatch):
+    # The probe and do_bench's 7 untimed calls are in the Timing (untimed_calls, wall_s), so the executor's
+    # workload_s counts them and the planner's call model predicts them.
+    from bench.measure import timing
+    from bench.sweep.planner import CallModel
+
+    monkeypatch.setattr(timing, "_cuda_event_ms", _probe_by_perf_counter)
+    made = []
+
+    def fn():
+        made.append(1)
+        time.sleep(0.002)
+
+    settings = TimingSettings(min_repeats=10, max_repeats=10_000, min_time_s=0.05, max_time_s=1.0)
+    result = timing._time_do_bench(_fake_do_bench({}), fn, settings, torch.device("cpu"))
+    assert result.timer == "triton.do_bench+l2flush"
+    assert result.untimed_calls == timing.CUDA_PROBE_CALLS + timing.DO_BENCH_UNTIMED_CALLS == 8
+    assert len(made) == result.repeats + result.untimed_calls
+    assert result.spent_s == result.wall_s >= result.total_s + 8 * 0.002  # the untimed calls' sleeps at least
+    model = CallModel(settings, timing.TIMER_DO_BENCH).calls(result.median_ms / 1e3)
+    assert model["untimed"] == 8
+    assert abs(model["timed"] - result.repeats) <= 0.3 * result.repeats  # rep / one call, as do_bench does
+
+
+def test_cuda_timer_names_say_which_timer_runs(monkeypatch):
+    from bench.measure import timing
+
+    flush = TimingSettings(flush_l2=True)
+    assert timing.cuda_timer_name(TimingSettings(flush_l2=False)) == "cuda-events"
+    assert timing.cuda_timer_name(flush) == "triton.do_bench+l2flush"  # triton is a dependency here
+    monkeypatch.setattr(timing, "_triton_do_bench", lambda: None)
+    assert timing.cuda_timer_name(flush) == "cuda-events+l2flush"
+
+
+def test_timing_spent_s_prefers_the_timers_wall_time():
+    samples = [0.001, 0.002, 0.003]
+    assert Timing.from_samples(samples).spent_s == pytest.approx(0.006)
+    timed = Timing.from_samples(samples, timer="cuda-events", untimed_calls=2, wall_s=0.5)
+    assert (timed.spent_s, timed.timer, timed.untimed_calls) == (0.5, "cuda-events", 2)
+
+
+@needs_cuda
+@pytest.mark.parametrize("flush_l2", [True, False], ids=["flush", "no-flush"])
+def test_time_cuda_reports_its_timer_and_all_its_time(flush_l2):
+    a = torch.randn(4096, 4096, device="cuda")
+    settings = TimingSettings.for_device("cuda")
+    settings.flush_l2 = flush_l2
+    warmup(lambda: a @ a, "cuda", settings)
+    timing = time_cuda(lambda: a @ a, settings, "cuda")
+    from bench.measure.timing import cuda_timer_name
+
+    assert timing.timer == cuda_timer_name(settings)
+    assert timing.wall_s is not None and timing.wall_s >= timing.total_s
+    assert timing.untimed_calls == (8 if timing.timer == "triton.do_bench+l2flush" else 0)
+
+
+@needs_cuda
+def test_cuda_event_clock_agrees_with_do_bench():
+    from triton.testing import do_bench
+
+    from bench.measure.timing import cuda_event_clock, cuda_l2_flush
+
+    a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+    flush = cuda_l2_flush("cuda")
+    reference = do_bench(lambda: a @ a, warmup=25, rep=200, return_mode="median")
+    samples = []
+    for _ in range(50):
+        flush()
+        start = cuda_event_clock()
+        a @ a
+        samples.append((cuda_event_clock() - start) * 1e3)
+    assert statistics.median(samples) == pytest.approx(reference, rel=0.10)

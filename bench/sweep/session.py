@@ -15,13 +15,13 @@ from pathlib import Path
 
 import torch
 
-from bench.measure.ceilings import measure_ceilings
+from bench.measure.ceilings import matmul_tflops, measure_ceilings
 from bench.measure.environment import collect_environment
 from bench.measure.memory import available_memory_bytes
-from bench.measure.timing import TimingSettings
+from bench.measure.timing import TimingSettings, cuda_timer_name
 from bench.record import make_row
 from bench.sweep.executor import Executor, Timer
-from bench.sweep.planner import Budget, Planned, parse_shard, plan
+from bench.sweep.planner import Budget, CallModel, Planned, parse_shard, plan
 from bench.sweep.presets import SweepSpec
 from bench.sweep.store import DEFAULT_RESULTS_DIR, RunStore
 
@@ -38,6 +38,13 @@ def timing_settings(spec: SweepSpec) -> TimingSettings:
     if unknown:
         raise ValueError(f"unknown [timing] keys {sorted(unknown)}; allowed: {sorted(base.__dataclass_fields__)}")
     return TimingSettings(**{**base.__dict__, **spec.timing})
+
+
+def call_model(device: str, settings: TimingSettings, timer: str | None = None) -> CallModel:
+    """The planner's call model for the timer the CLI runs on ``device`` (or the named ``timer``)."""
+    if timer is None:
+        timer = cuda_timer_name(settings) if device == "cuda" else "perf_counter"
+    return CallModel(settings, timer)
 
 
 class Sweep:
@@ -62,9 +69,8 @@ class Sweep:
         self.device_name = env.get("device_name") or spec.device
         memory_limit = spec.limits.memory_bytes or int(spec.limits.memory_fraction
                                                        * available_memory_bytes(spec.device))
-        calls = self.settings.warmup_min_calls + self.settings.min_repeats + 1
-        self.budget = Budget(spec.limits, calls_per_config=calls, memory_limit=memory_limit,
-                             matmul_tflops=self.ceilings.get("matmul_tflops"))
+        self.budget = Budget(spec.limits, calls=call_model(spec.device, self.settings), memory_limit=memory_limit,
+                             matmul_tflops={dtype: matmul_tflops(self.ceilings, dtype) for dtype in spec.dtype})
         self.executor = Executor(self.settings, ceilings=self.ceilings, seed=spec.seed,
                                  profile_dir=self.store.path / "profiles" if profile else None)
         self.planned = plan(spec, self.shard)
@@ -74,13 +80,21 @@ class Sweep:
         self.started = time.perf_counter()
 
     def _ceilings(self, measure: bool) -> dict:
-        """Ceilings are measured once per run: a resumed run reuses the first session's."""
+        """Ceilings are measured once per run, the matmul for each of the spec's dtypes: a resumed run reuses
+        the first session's and measures only dtypes it lacks."""
+        stored: dict = {}
         for session in self.store.environment()["sessions"]:
             if session.get("ceilings"):
-                return session["ceilings"]
-        if not measure:
-            return {}
-        return measure_ceilings(self.spec.device, self.spec.dtype[0])
+                stored = session["ceilings"]
+                break
+        missing = [d for d in self.spec.dtype if stored.get("copy_gbps") is None
+                   or matmul_tflops(stored, d) is None]
+        if not measure or not missing:
+            return stored
+        fresh = measure_ceilings(self.spec.device, missing)
+        if stored.get("copy_gbps") is None:
+            return fresh
+        return {**stored, "matmul": {**stored.get("matmul", {}), **fresh["matmul"]}}
 
     def pending(self) -> list[Planned]:
         """Planned configs without a row yet (all of them in a new run)."""
@@ -99,7 +113,7 @@ class Sweep:
             reason, prediction = self.budget.check(planned, self.rows, time.perf_counter() - self.started)
             status = "over-budget" if reason else None
         if status is None:
-            measured = self.executor.run(config, variant, timer)
+            measured = self.executor.run(config, variant, timer, flops=planned.flops)
             status, reason = measured.pop("status"), measured.pop("reason")
         values = {
             "run_id": self.run_id, "key": config.key, **config.as_row(),
