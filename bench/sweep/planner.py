@@ -30,17 +30,20 @@ from bench.variant import Variant
 
 EXPONENT = {"quadratic": 2, "linear": 1}
 
+DO_BENCH_ESTIMATE_CALLS = 5
+"""do_bench's estimate calls, each after an L2 flush (triton/testing.py)."""
 MEMORY_PASS_CALLS = 1
 """Calls of the peak-memory pass (bench.measure.memory.measure_peak_bytes)."""
 
-COMPILE_SECONDS: dict[tuple[str, str], float] = {
-    ("flex", "cpu"): 25.0,
-    ("flex", "cuda"): 15.0,
+COMPILE_SECONDS: dict[tuple[str, str, str], float] = {
+    ("flex", "cpu", "fwd"): 18.0,
+    ("flex", "cuda", "fwd"): 10.0,
+    ("flex", "cuda", "fwd+bwd"): 20.0,
 }
-"""Fixed seconds per config for backends that compile one kernel per shape (FlexAttention under
-``torch.compile(dynamic=False)``: every new N, batch, D, dtype and pass compiles again), by (backend, device).
-CPU: measured here (docs/gpu-timing.md, ``/tmp``-free script in the same page); CUDA: an estimate, not a
-measurement (docs/gpu-timing.md gives its basis)."""
+"""Fixed seconds per config for backends that compile one kernel per shape, by (backend, device, pass):
+FlexAttention under ``torch.compile(dynamic=False)`` compiles again for every new N, batch, D, dtype and pass.
+CPU: measured here, 17-18 s per new shape (docs/gpu-timing.md; FlexAttention has no CPU backward). CUDA: an
+estimate, not a measurement (docs/gpu-timing.md gives its basis); the first GPU run's flex rows replace it."""
 
 
 @dataclass(frozen=True)
@@ -125,23 +128,33 @@ def repeats_for(settings: TimingSettings, seconds_per_call: float) -> int:
 class CallModel:
     """How many calls one config makes, given its per-call time: the warm-up (``warmup``: at least
     ``warmup_min_calls`` and ``warmup_min_s``), the timer's untimed calls (do_bench: the probe plus its own 7),
-    the timed calls, and the memory pass. ``timer`` is the ``timer`` value the executor will report."""
+    the timed calls, and the memory pass. ``timer`` is the ``timer`` value the executor will report;
+    ``flush_s`` the seconds of one L2 flush (do_bench flushes before its 5 estimate calls and every timed
+    call, and sizes its timed calls by the call plus the flush)."""
 
     settings: TimingSettings
     timer: str
+    flush_s: float = 0.0
 
     def calls(self, seconds_per_call: float) -> dict[str, int]:
         t = max(seconds_per_call, 1e-9)
         warm = max(self.settings.warmup_min_calls, math.ceil(self.settings.warmup_min_s / t))
         if self.timer == TIMER_DO_BENCH:
             untimed = CUDA_PROBE_CALLS + DO_BENCH_UNTIMED_CALLS
-            timed = max(1, int(do_bench_rep_ms(self.settings, t * 1e3) / (t * 1e3)))
+            timed = max(1, int(do_bench_rep_ms(self.settings, t * 1e3) / ((t + self.flush_s) * 1e3)))
         else:
             untimed, timed = 0, repeats_for(self.settings, t)
         return {"warmup": warm, "untimed": untimed, "timed": timed, "memory": MEMORY_PASS_CALLS}
 
     def total_calls(self, seconds_per_call: float) -> int:
         return sum(self.calls(seconds_per_call).values())
+
+    def seconds(self, seconds_per_call: float) -> float:
+        """Predicted seconds of all the calls of one config, the flushes included."""
+        calls = self.calls(seconds_per_call)
+        flushes = calls["timed"] + (DO_BENCH_ESTIMATE_CALLS if self.timer == TIMER_DO_BENCH else 0)
+        flushed = self.flush_s if self.timer.endswith("l2flush") else 0.0
+        return seconds_per_call * sum(calls.values()) + flushed * flushes
 
 
 @dataclass(frozen=True)
@@ -167,8 +180,9 @@ class Budget:
 
     def config_seconds(self, planned: Planned, seconds_per_call: float) -> float:
         """Predicted seconds of one config: its calls plus the backend's compile time, if it compiles."""
-        fixed = COMPILE_SECONDS.get((planned.variant.backend, planned.config.device), 0.0)
-        return seconds_per_call * self.calls.total_calls(seconds_per_call) + fixed
+        config = planned.config
+        fixed = COMPILE_SECONDS.get((planned.variant.backend, config.device, config.pass_), 0.0)
+        return self.calls.seconds(seconds_per_call) + fixed
 
     def predict(self, planned: Planned, measured: list[dict]) -> Prediction:
         """Per-call seconds and peak bytes of ``planned`` from ``measured`` rows of smaller N (same series)."""

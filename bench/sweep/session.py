@@ -18,7 +18,7 @@ import torch
 from bench.measure.ceilings import matmul_tflops, measure_ceilings
 from bench.measure.environment import collect_environment
 from bench.measure.memory import available_memory_bytes
-from bench.measure.timing import TimingSettings, cuda_timer_name
+from bench.measure.timing import DO_BENCH_FLUSH_BYTES, TimingSettings, cuda_timer_name
 from bench.record import make_row
 from bench.sweep.executor import Executor, Timer
 from bench.sweep.planner import Budget, CallModel, Planned, parse_shard, plan
@@ -40,11 +40,14 @@ def timing_settings(spec: SweepSpec) -> TimingSettings:
     return TimingSettings(**{**base.__dict__, **spec.timing})
 
 
-def call_model(device: str, settings: TimingSettings, timer: str | None = None) -> CallModel:
-    """The planner's call model for the timer the CLI runs on ``device`` (or the named ``timer``)."""
+def call_model(device: str, settings: TimingSettings, *, timer: str | None = None,
+               copy_gbps: float | None = None) -> CallModel:
+    """The planner's call model for the timer the CLI runs on ``device`` (or the named ``timer``); an L2
+    flush is taken to write DO_BENCH_FLUSH_BYTES at the measured copy rate ``copy_gbps``."""
     if timer is None:
         timer = cuda_timer_name(settings) if device == "cuda" else "perf_counter"
-    return CallModel(settings, timer)
+    flush_s = DO_BENCH_FLUSH_BYTES / (copy_gbps * 1e9) if copy_gbps and device == "cuda" else 0.0
+    return CallModel(settings, timer, flush_s)
 
 
 class Sweep:
@@ -69,7 +72,8 @@ class Sweep:
         self.device_name = env.get("device_name") or spec.device
         memory_limit = spec.limits.memory_bytes or int(spec.limits.memory_fraction
                                                        * available_memory_bytes(spec.device))
-        self.budget = Budget(spec.limits, calls=call_model(spec.device, self.settings), memory_limit=memory_limit,
+        calls = call_model(spec.device, self.settings, copy_gbps=self.ceilings.get("copy_gbps"))
+        self.budget = Budget(spec.limits, calls=calls, memory_limit=memory_limit,
                              matmul_tflops={dtype: matmul_tflops(self.ceilings, dtype) for dtype in spec.dtype})
         self.executor = Executor(self.settings, ceilings=self.ceilings, seed=spec.seed,
                                  profile_dir=self.store.path / "profiles" if profile else None)
