@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
+import torch
 
 from bench.cli import main
 from bench.registry import get_variant
@@ -133,3 +135,21 @@ def test_dry_run_prints_the_plan_with_predictions_and_needs_no_gpu(capsys, tmp_p
     assert not any(tmp_path.iterdir())  # nothing was run or stored
     assert main(["run", "--preset", "full", "--dry-run", "--device", "cpu"]) == 2
     assert "--device must be cuda" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_both_front_ends_time_the_same_way_on_cuda(tmp_path):
+    """On a GPU: the CLI's do_bench and the pytest front end's CUDA event clock give the same medians."""
+    common = ["--preset", str(TINY), "--device", "cuda", "--n", "4096", "--heads", "16", "--d", "64",
+              "--results-dir", str(tmp_path)]
+    assert main(["run", *common, "--run-id", "cli", "--no-progress"]) == 0
+    done = subprocess.run([sys.executable, "-m", "pytest", "bench/", "--benchmark", *common, "--run-id", "pt",
+                           "-q", "-p", "no:cacheprovider"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    cli = pd.read_csv(tmp_path / "cli" / "results.csv").set_index("key")
+    pt = pd.read_csv(tmp_path / "pt" / "results.csv").set_index("key")
+    assert set(cli["timer"]) <= {"triton.do_bench+l2flush", "cuda-events+l2flush"}
+    assert set(pt["timer"]) == {"pytest-benchmark:cuda_event_clock+l2flush"}
+    for key in cli.index:
+        assert pt.loc[key, "time_median_ms"] == pytest.approx(cli.loc[key, "time_median_ms"], rel=0.10), key
