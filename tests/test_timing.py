@@ -112,12 +112,23 @@ def test_stops_once_the_median_is_known():
     assert time_cpu(lambda: time.sleep(0.001), no_early_stop).repeats == 60
 
 
-def test_warmup_counts_calls_and_honours_both_minimums():
+def test_warmup_counts_calls_and_honours_both_minimums(monkeypatch):
+    from types import SimpleNamespace
+
+    from bench.measure import timing
+
     calls = []
     assert warmup(lambda: calls.append(1), "cpu", TimingSettings(warmup_min_calls=3, warmup_min_s=0.0)) == 3
     assert len(calls) == 3
-    made = warmup(lambda: time.sleep(0.01), "cpu", TimingSettings(warmup_min_calls=1, warmup_min_s=0.05))
-    assert made >= 5
+    # A clock that only the calls advance (1/64 s each, exact in binary): the machine's load cannot matter.
+    now = [0.0]
+    monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+
+    def call():
+        now[0] += 1 / 64
+
+    assert warmup(call, "cpu", TimingSettings(warmup_min_calls=1, warmup_min_s=0.05)) == 4  # 3/64 < 0.05 <= 4/64
+    assert warmup(call, "cpu", TimingSettings(warmup_min_calls=6, warmup_min_s=0.05)) == 6
 
 
 def test_settings_validation_and_device_defaults():
