@@ -153,3 +153,20 @@ def test_both_front_ends_time_the_same_way_on_cuda(tmp_path):
     assert set(pt["timer"]) == {"pytest-benchmark:cuda_event_clock+l2flush"}
     for key in cli.index:
         assert pt.loc[key, "time_median_ms"] == pytest.approx(cli.loc[key, "time_median_ms"], rel=0.10), key
+
+
+def test_pytest_front_end_gives_pytest_benchmark_the_cuda_event_clock_on_cuda_only():
+    from pytest_benchmark.plugin import pytest_runtest_setup
+
+    from bench.conftest import _timer_marks
+    from bench.measure.timing import cuda_event_clock
+
+    assert _timer_marks("cpu") == []
+    (mark,) = _timer_marks("cuda")
+    assert mark.name == "benchmark" and mark.kwargs == {"timer": cuda_event_clock}
+
+    class Item:  # pytest-benchmark's own check of the marker's keywords (it raises on unknown ones)
+        def get_closest_marker(self, name):
+            return mark.mark if name == "benchmark" else None
+
+    pytest_runtest_setup(Item())
