@@ -3,7 +3,7 @@
 Each planned config is one test, timed through pytest-benchmark's pedantic mode with the same measurement as
 ``python -m bench run`` on that device (docs/gpu-timing.md):
 - CPU: pytest-benchmark's own clock (``--benchmark-timer``, ``time.perf_counter`` by default) around each call,
-  as ``bench.measure.timing.time_cpu`` does; warm cache unless the settings flush.
+  as ``bench.measure.timing.time_cpu`` does; warm cache (a preset's CPU flush_l2 = true is not applied here).
 - CUDA: the L2 flush ``triton.testing.do_bench`` makes (Triton's 256 MB buffer) as pedantic's ``setup``,
   outside the timed region, and ``bench.measure.timing.cuda_event_clock`` as the timer (given by the
   ``benchmark`` marker that bench/conftest.py puts on CUDA configs): GPU time between CUDA events around one
@@ -18,7 +18,6 @@ from __future__ import annotations
 import time
 
 import pytest
-import torch
 
 from bench.measure.timing import Timing, TimingSettings, cuda_l2_flush
 from bench.sweep.planner import repeats_for
@@ -27,28 +26,24 @@ EXTRA_COLUMNS = ("key", "run_id", "status", "reason", "timer", "time_median_ms",
                  "peak_mem_bytes", "flops", "tflops", "gbps", "tokens_per_s", "predicted_ms")
 
 
-def pytest_benchmark_timer(benchmark, device: str, settings: TimingSettings, clock_name: str):
-    """A Timer (see bench.sweep.executor) that times through the ``benchmark`` fixture. ``clock_name`` is the
-    clock pytest-benchmark uses for this test (the row's timer is ``pytest-benchmark:<clock_name>``)."""
-    on_cuda = torch.device(device).type == "cuda"
-
+def pytest_benchmark_timer(benchmark, device: str, timer_name: str, settings: TimingSettings):
+    """A Timer (see bench.sweep.executor) that times through the ``benchmark`` fixture; ``timer_name`` is the
+    row's ``timer`` (the Sweep's, from bench/conftest.py): on CUDA, ``+l2flush`` makes pedantic's setup flush L2."""
     def timer(fn, seconds_per_call: float) -> Timing:
         started = time.perf_counter()
-        setup = cuda_l2_flush(device) if on_cuda and settings.flush_l2 else None
+        flush = device == "cuda" and timer_name.endswith("+l2flush")
+        setup = cuda_l2_flush(device) if flush else None
         rounds = repeats_for(settings, seconds_per_call)
         benchmark.pedantic(fn, setup=setup, rounds=rounds, iterations=1, warmup_rounds=0)
         if benchmark.stats is None:  # --benchmark-disable: pytest-benchmark ran it once without timing
             raise RuntimeError("pytest-benchmark is disabled (--benchmark-disable); no timings to record")
-        name = f"pytest-benchmark:{clock_name}" + ("+l2flush" if setup is not None else "")
-        return Timing.from_samples(benchmark.stats.stats.data, timer=name, wall_s=time.perf_counter() - started)
+        return Timing.from_samples(benchmark.stats.stats.data, timer=timer_name,
+                                   wall_s=time.perf_counter() - started)
     return timer
 
 
-def test_attention(planned, bench_sweep, benchmark, request):
-    marker = request.node.get_closest_marker("benchmark")
-    clock = marker.kwargs["timer"] if marker and "timer" in marker.kwargs else None
-    clock_name = clock.__name__ if clock is not None else str(request.config.getoption("benchmark_timer"))
-    timer = pytest_benchmark_timer(benchmark, planned.config.device, bench_sweep.settings, clock_name)
+def test_attention(planned, bench_sweep, benchmark):
+    timer = pytest_benchmark_timer(benchmark, planned.config.device, bench_sweep.timer_name, bench_sweep.settings)
     row = bench_sweep.run_one(planned, timer=timer)
     benchmark.extra_info.update({name: row.get(name) for name in EXTRA_COLUMNS})
     if row["status"] == "error":

@@ -55,7 +55,9 @@ class Sweep:
 
     def __init__(self, spec: SweepSpec, *, results_dir: str | Path = DEFAULT_RESULTS_DIR,
                  run_id: str | None = None, shard: str | None = None, profile: bool = False,
-                 measure_ceilings_now: bool = True) -> None:
+                 measure_ceilings_now: bool = True, timer: str | None = None) -> None:
+        """``timer``: the ``timer`` value the front end's timer will report (the planner counts that timer's
+        calls); None for the CLI's own (``time_callable``)."""
         self.spec = spec
         self.store = RunStore(results_dir, run_id or new_run_id())
         self.run_id = self.store.run_id
@@ -72,7 +74,8 @@ class Sweep:
         self.device_name = env.get("device_name") or spec.device
         memory_limit = spec.limits.memory_bytes or int(spec.limits.memory_fraction
                                                        * available_memory_bytes(spec.device))
-        calls = call_model(spec.device, self.settings, copy_gbps=self.ceilings.get("copy_gbps"))
+        calls = call_model(spec.device, self.settings, timer=timer, copy_gbps=self.ceilings.get("copy_gbps"))
+        self.timer_name = calls.timer
         self.budget = Budget(spec.limits, calls=calls, memory_limit=memory_limit,
                              matmul_tflops={dtype: matmul_tflops(self.ceilings, dtype) for dtype in spec.dtype})
         self.executor = Executor(self.settings, ceilings=self.ceilings, seed=spec.seed,
