@@ -66,7 +66,8 @@ def test_time_cpu_agrees_with_an_independent_clock():
 
 def test_timing_fields_are_consistent():
     a = torch.randn(128, 128)
-    settings = TimingSettings(min_repeats=20, max_repeats=100_000, min_time_s=0.02, max_time_s=0.5,
+    # max_time_s far above 20 calls' time even on a loaded machine: min_repeats decides, as asserted
+    settings = TimingSettings(min_repeats=20, max_repeats=100_000, min_time_s=0.02, max_time_s=60.0,
                               flush_l2=False)
     timing = time_cpu(lambda: a @ a, settings)
     assert timing.min_ms <= timing.p20_ms <= timing.median_ms <= timing.p80_ms <= timing.max_ms
@@ -86,15 +87,29 @@ def test_from_samples_known_values():
         Timing.from_samples([])
 
 
-def test_max_time_s_wins_over_the_minimums():
+def _fake_clock(monkeypatch, durations_s):
+    """Replace bench.measure.timing's clock by one that only the calls advance, each by the next of
+    ``durations_s`` (cycled): the stopping rules are then tested without the machine's load."""
+    from itertools import cycle
+    from types import SimpleNamespace
+
+    from bench.measure import timing
+
+    now = [0.0]
+    steps = cycle(durations_s)
+    monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+
+    def call():
+        now[0] += next(steps)
+    return call
+
+
+def test_max_time_s_wins_over_the_minimums(monkeypatch):
     settings = TimingSettings(min_repeats=100, max_repeats=1000, min_time_s=0.05, max_time_s=0.1,
                               flush_l2=False)
-    started = time.perf_counter()
-    timing = time_cpu(lambda: time.sleep(0.02), settings)
-    assert timing.total_s >= 0.1
-    assert timing.total_s < 0.1 + 0.05  # the call that crosses max_time_s is the last one
-    assert timing.repeats < 10
-    assert time.perf_counter() - started < 2.0
+    timing = time_cpu(_fake_clock(monkeypatch, [1 / 64]), settings)
+    assert timing.repeats == 7  # 6/64 s < 0.1 <= 7/64 s: the call that crosses max_time_s is the last one
+    assert timing.total_s == 7 / 64
 
 
 def test_max_repeats_wins_over_min_time():
@@ -102,14 +117,15 @@ def test_max_repeats_wins_over_min_time():
     assert time_cpu(lambda: None, settings).repeats == 7  # None takes microseconds: 7 calls, not 5 s
 
 
-def test_stops_once_the_median_is_known():
+def test_stops_once_the_median_is_known(monkeypatch):
+    # calls of 1.0 and 1.1 ms in turn: IQR 0.1 ms, so +-1.82 IQR / sqrt(n) <= 5% of the median at n >= 13
     steady = TimingSettings(min_repeats=5, max_repeats=2000, min_time_s=0.0, max_time_s=5.0,
                             flush_l2=False, median_precision=0.05)
-    timing = time_cpu(lambda: time.sleep(0.001), steady)
-    assert timing.repeats < 300  # ~1 ms sleeps with ~10% spread need tens of samples, not 2000
+    call = _fake_clock(monkeypatch, [0.001, 0.0011])
+    assert 12 <= time_cpu(call, steady).repeats <= 14
     no_early_stop = TimingSettings(min_repeats=5, max_repeats=60, min_time_s=0.0, max_time_s=5.0,
                                    flush_l2=False, median_precision=0.0)
-    assert time_cpu(lambda: time.sleep(0.001), no_early_stop).repeats == 60
+    assert time_cpu(call, no_early_stop).repeats == 60
 
 
 def test_warmup_counts_calls_and_honours_both_minimums(monkeypatch):
