@@ -1,4 +1,5 @@
-"""Plan a sweep: statuses known before running (unsupported, unavailable) and the budget check (over-budget).
+"""Plan a sweep: statuses known before running (unavailable, unsupported, error) and the budget check
+(over-budget).
 
 The budget check predicts a config's per-call time and peak memory from the largest smaller config of the
 same series already measured in this run, scaled by the variant's complexity class (time ~ batch N^a,
@@ -52,13 +53,8 @@ def plan(spec: SweepSpec, shard: tuple[int, int] | None = None) -> list[Planned]
     planned = []
     for config in configs:
         variant = get_variant(config.variant)
-        unavailable = variant.unavailable_reason()
-        if unavailable:
-            planned.append(Planned(config, variant, "unavailable", unavailable))
-            continue
-        unsupported = variant.unsupported_reason(config)
-        status = "unsupported" if unsupported else None
-        planned.append(Planned(config, variant, status, unsupported))
+        verdict = variant.verdict(config)  # unavailable, unsupported, or error when a probe raised
+        planned.append(Planned(config, variant, verdict.status, verdict.reason))
     return planned
 
 
