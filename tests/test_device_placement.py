@@ -3,7 +3,8 @@
 On CPU the check runs every op of the forward under a TorchDispatchMode with the module and its inputs on the
 "meta" device: an index or table built on the host (``torch.arange(n)`` then ``.to(device)``) shows up as an
 op with a CPU tensor among its arguments or results, which on a GPU is a blocking host-to-device copy inside
-the timed region. The meta device has no data, so nothing the forward does can hide behind a CPU fallback.
+the timed region. The meta device has no data, so nothing the forward does can hide behind a CPU fallback,
+and a host sync (``.item()``, ``.tolist()``, a data-dependent shape) raises there.
 On CUDA the same forwards run under ``torch.cuda.set_sync_debug_mode("error")``, which raises at any
 synchronising call (a blocking copy, ``.item()``, ``nonzero``).
 """
