@@ -1,4 +1,5 @@
-"""Plan a sweep: statuses known before running (unsupported, unavailable), FLOPs, and the budget (over-budget).
+"""Plan a sweep: statuses known before running (unavailable, unsupported, error), FLOPs, and the budget
+(over-budget).
 
 The budget check predicts a config's per-call time and peak memory from the largest smaller config of the
 same series already measured in this run, scaled by the variant's complexity class (time ~ batch N^a,
@@ -90,13 +91,13 @@ def plan(spec: SweepSpec, shard: tuple[int, int] | None = None, *, probe: bool =
     for config in configs:
         variant = get_variant(config.variant)
         flops = config_flops(config, variant)
-        unavailable = variant.unavailable_reason() if probe else None
-        if unavailable:
-            planned.append(Planned(config, variant, "unavailable", unavailable, flops))
-            continue
-        unsupported = variant.unsupported_reason(config) if probe else _static_unsupported(config, variant)
-        status = "unsupported" if unsupported else None
-        planned.append(Planned(config, variant, status, unsupported, flops))
+        if probe:
+            verdict = variant.verdict(config)  # unavailable, unsupported, or error when a probe raised
+            status, reason = verdict.status, verdict.reason
+        else:  # planning for another machine: only what the registry declares
+            reason = _static_unsupported(config, variant)
+            status = "unsupported" if reason else None
+        planned.append(Planned(config, variant, status, reason, flops))
     return planned
 
 
