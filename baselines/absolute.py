@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from lrpe.rotation import angle_dtype, inverse_frequencies, rotation_angles
+from lrpe.rotation import angle_dtype, inverse_frequencies, position_phasors
 
 
 def sinusoidal_embedding(
@@ -25,18 +25,19 @@ def sinusoidal_embedding(
     """The sinusoidal table for positions ``offset + arange(n)``, shape (n, d_model), in ``dtype``.
 
     ``PE[p, 2i] = sin(p * theta_i)`` and ``PE[p, 2i + 1] = cos(p * theta_i)`` with
-    ``theta_i = base ** (-2 i / d_model)`` (angles in radians). Angles are computed in float32, or float64
-    when ``dtype`` is float64, then cast. An odd d_model ends on a sine coordinate.
+    ``theta_i = base ** (-2 i / d_model)`` (angles in radians). sin and cos come from ``position_phasors``
+    (float64 angles rounded once to float32, or float64 when ``dtype`` is float64), then cast, so the table is
+    exact to a few ulp at any position. An odd d_model ends on a sine coordinate.
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     if d_model < 1:
         raise ValueError(f"d_model must be >= 1, got {d_model}")
-    theta = inverse_frequencies((d_model + 1) // 2, d_model, base).to(device)
-    angles = rotation_angles(theta, n, offset, angle_dtype(dtype))
-    table = torch.empty(n, d_model, device=theta.device, dtype=angles.dtype)
-    table[:, 0::2] = angles.sin()
-    table[:, 1::2] = angles[:, : d_model // 2].cos()
+    theta = inverse_frequencies((d_model + 1) // 2, d_model, base, device=device)
+    phasors = position_phasors(theta, n, offset, angle_dtype(dtype))
+    table = torch.empty(n, d_model, device=theta.device, dtype=phasors.real.dtype)
+    table[:, 0::2] = phasors.imag
+    table[:, 1::2] = phasors.real[:, : d_model // 2]
     return table.to(dtype)
 
 
@@ -50,8 +51,8 @@ def _check_embeddings(x: Tensor, d_model: int | None) -> None:
 class SinusoidalAPE(nn.Module):
     """Adds the sinusoidal table to token embeddings: forward(x (B, N, d_model), offset=0) -> same shape.
 
-    ``offset`` is the position of the first token. The table is computed on the fly in float32 (float64 for
-    float64 x), so any length works and no buffer caps the position.
+    ``offset`` is the position of the first token. The table is computed on the fly (float64-accurate, in
+    float32, or float64 for float64 x), so any length works and no buffer caps the position.
     """
 
     def __init__(self, d_model: int, *, base: float = 10000.0) -> None:

@@ -16,8 +16,10 @@ Each computes ``softmax(Q K^T / sqrt(D) + mask) V`` (MATH.md section 5) and must
 The registry's interface: :func:`availability` (can it run on this machine at all), :func:`unsupported_reason`
 (can it take this head dim, dtype, device, causal flag: decided by running a tiny input under the forced
 kernel and keeping the warnings and error torch gives), :func:`build_flash` (the attention core). Reasons are
-plain text without a status word; the suite adds "unavailable" / "unsupported". Nothing here ever swaps one
-kernel for another: a core raises when its kernel refuses an input.
+plain text without a status word; the suite adds "unavailable" / "unsupported". Only a missing package or
+device, or a refusal the kernel documents (each backend's ``refusals``), is a reason: any other exception
+raised while probing propagates, so that the suite records an error instead of hiding a bug as a limit.
+Nothing here ever swaps one kernel for another: a core raises when its kernel refuses an input.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from torch import nn
 
 from baselines import flash_attn_pkg, flex, sdpa, xformers_ops
 from baselines.flash_common import BackendSpec, FlashCore, failure_text
+from baselines.refusal import is_refusal
 
 _SPECS: dict[str, BackendSpec] = {
     spec.name: spec for spec in (*sdpa.SPECS, *flash_attn_pkg.SPECS, *xformers_ops.SPECS, *flex.SPECS)
@@ -69,14 +72,13 @@ def availability(backend: str) -> str | None:
 
     First the cheap requirements (package imports, operator loads, hardware present), then one tiny run
     (head dim 64, non-causal; float16 on CUDA, float32 on CPU) on each device type it has kernels for and
-    this machine has: it is available when one of them works. For ``flex`` that run is a compilation
-    (about 20 s in a fresh process on 2 CPU cores). Raises ValueError only for an unknown backend.
+    this machine has: it is available when one of them works, and unavailable when each refuses as its
+    kernel documents (an old GPU, a missing compiler). For ``flex`` that run is a compilation (about 20 s in
+    a fresh process on 2 CPU cores). Raises ValueError for an unknown backend, and whatever the probe raised
+    when it failed in an undocumented way (a bug, not a reason; see the module docstring).
     """
     spec = _spec(backend)
-    try:
-        missing = spec.requirement()
-    except Exception as exc:  # a requirement check must not crash the registry; keep why it broke
-        return f"requirement check failed: {type(exc).__name__}: {exc}"
+    missing = spec.requirement()
     if missing is not None:
         return missing
     local = [d for d in spec.devices if d == "cpu" or (d == "cuda" and torch.cuda.is_available())]
@@ -107,7 +109,8 @@ def unsupported_reason(
     with ``causal``; with ``backward`` also a backward pass (flex has none on CPU, xformers' Triton
     operator none at all). The reason is the config followed by the warnings and error torch (or the
     package) gave. When the backend is unavailable here, the availability reason is returned.
-    Raises ValueError for an unknown backend or a malformed argument.
+    Raises ValueError for an unknown backend or a malformed argument, and whatever the kernel raised when it
+    is not one of the backend's documented refusals (a bug; the suite records it as an error).
     """
     spec = _spec(backend)
     if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1:
@@ -146,7 +149,8 @@ def _trial(
     spec: BackendSpec, *, head_dim: int, dtype: torch.dtype, device: str, causal: bool, backward: bool
 ) -> str | None:
     """Run the forced kernel on tiny random inputs; None when it gives finite output of the right shape
-    and dtype at every probe length, else the config and what went wrong."""
+    and dtype at every probe length, the config and the kernel's words when it refuses as documented
+    (``spec.refusals``). Any other exception propagates, and wrong output raises RuntimeError: both are bugs."""
     config = (f"{spec.name} with head_dim={head_dim}, dtype={str(dtype).removeprefix('torch.')}, "
               f"device={device}, causal={causal}{', backward' if backward else ''}")
     # a private generator: probing must not move the global RNG the suite seeds
@@ -166,11 +170,13 @@ def _trial(
                     if backward:
                         out.float().sum().backward()
             except Exception as exc:
-                return f"{config}: {failure_text(exc, caught)}"
+                if is_refusal(exc, spec.refusals):
+                    return f"{config}: {failure_text(exc, caught)}"
+                raise
         if tuple(out.shape) != shape or out.dtype != dtype:
-            return f"{config}: returned {tuple(out.shape)} {out.dtype}, expected {shape} {dtype}"
+            raise RuntimeError(f"{config}: returned {tuple(out.shape)} {out.dtype}, expected {shape} {dtype}")
         if not bool(torch.isfinite(out).all()):
-            return f"{config}: returned non-finite values at N={n}"
+            raise RuntimeError(f"{config}: returned non-finite values at N={n} on finite random inputs")
     return None
 
 

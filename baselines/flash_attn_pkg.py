@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from baselines.flash_common import BackendSpec, FlashCore, cuda_reason, import_module
+from baselines.refusal import Refusal
 
 # backend -> (module providing flash_attn_func, what it is, name of torch's hook for it or None)
 _PACKAGES: dict[str, tuple[str, str, str | None]] = {
@@ -75,7 +76,21 @@ def _requirement(backend: str) -> str | None:
     return why if func is None else cuda_reason()
 
 
+# FlashAttention-2/3 check inputs in C++ (csrc/flash_attn/flash_api.cpp, hopper/flash_api.cpp) with
+# TORCH_CHECK, a RuntimeError: "FlashAttention only supports Ampere GPUs or newer.", "... only support fp16 and
+# bf16 data type", "... only supports head dimension at most 256", "bfloat16 is only supported on Ampere GPUs
+# or newer". FlashAttention-4 (flash_attn/cute/interface.py) checks with asserts ("inputs must be float16 or
+# bfloat16", "... only supports SM90/SM100") and NotImplementedError for what it has no kernel for.
+_TORCH_CHECK = Refusal(RuntimeError, r"(?i)only supports?\b|is only supported|not supported|at most \d+")
+_REFUSALS: dict[str, tuple[Refusal, ...]] = {
+    "flash-attn2": (_TORCH_CHECK,),
+    "flash-attn3": (_TORCH_CHECK,),
+    "flash-attn4": (_TORCH_CHECK, Refusal(AssertionError, r"(?i)\bmust\b|only supports?\b|not supported"),
+                    Refusal(NotImplementedError)),
+}
+
 SPECS: tuple[BackendSpec, ...] = tuple(
-    BackendSpec(name, ("cuda",), partial(_requirement, name), partial(FlashAttnCore, name))
+    BackendSpec(name, ("cuda",), partial(_requirement, name), partial(FlashAttnCore, name),
+                refusals=_REFUSALS[name])
     for name in _PACKAGES
 )

@@ -17,6 +17,7 @@ from types import ModuleType
 import torch
 from torch import Tensor, nn
 
+from baselines.refusal import Refusal
 from lrpe.checks import check_qkv
 
 
@@ -66,6 +67,8 @@ class BackendSpec:
         checks it; the probes call ``make`` directly).
     probe_lengths: sequence lengths of the tiny inputs a support probe runs; each is a kernel launch
         (a compilation for flex, hence one length there).
+    refusals: how its kernel documents refusing an input (read from its sources); a probe that fails any
+        other way raises instead of calling the config unsupported (see ``baselines.refusal``).
     """
 
     name: str
@@ -73,20 +76,22 @@ class BackendSpec:
     requirement: Callable[[], str | None]
     make: Callable[..., FlashCore]
     probe_lengths: tuple[int, ...] = (64, 37)
+    refusals: tuple[Refusal, ...] = ()
 
 
 def import_module(name: str) -> tuple[ModuleType | None, str | None]:
-    """Import ``name``: (module, None), or (None, why) with the exception text; never raises.
+    """Import ``name``: (module, None), or (None, why) when the package is missing or its compiled library
+    does not load (ImportError, or OSError from the dynamic loader).
 
-    Broken installs fail with more than ImportError (an OSError for an undefined symbol in a compiled
-    extension, a RuntimeError from a version check), and each of those is a reason, not a crash.
+    Anything else an import raises (a TypeError or AttributeError from version skew between packages) is a
+    bug to report, not a missing package: it propagates.
     """
     try:
         with warnings.catch_warnings():
             # import-time warnings (deprecations, "can't load C++ extensions") are not the caller's business
             warnings.simplefilter("ignore")
             return importlib.import_module(name), None
-    except Exception as exc:
+    except (ImportError, OSError) as exc:
         return None, f"{type(exc).__name__}: {first_lines(str(exc))}"
 
 

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from baselines.flash_common import BackendSpec, FlashCore, import_module
+from baselines.refusal import Refusal
 
 if TYPE_CHECKING:
     from torch.nn.attention.flex_attention import BlockMask
@@ -94,4 +95,21 @@ def _requirement() -> str | None:
     return None if module is not None else f"{_FLEX_MODULE} not importable (torch {torch.__version__}): {why}"
 
 
-SPECS: tuple[BackendSpec, ...] = (BackendSpec("flex", ("cpu", "cuda"), _requirement, FlexCore, (64,)),)
+# flex_attention's own input validation (torch/nn/attention/flex_attention.py, e.g. "FlexAttention does not
+# support backward on CPU") and Inductor's flex lowerings (torch/_inductor/kernel/flex/: CPU float64, head
+# dims below 16 on CUDA) raise NotImplementedError for what they have no kernel for. Under fullgraph compile
+# the first reaches the caller as dynamo's Unsupported naming the NotImplementedError it observed, the second
+# as the text of a LoweringException inside an InductorError. A missing C++ compiler or Triton, or a GPU too
+# old for Triton, has its own exception types.
+_REFUSALS: tuple[Refusal, ...] = (
+    Refusal(NotImplementedError),
+    Refusal("torch._dynamo.exc.Unsupported", r"raised exception NotImplementedError\("),
+    Refusal("torch._inductor.exc.LoweringException", r"^NotImplementedError: "),
+    Refusal("torch._inductor.exc.InvalidCxxCompiler"),
+    Refusal("torch._inductor.exc.TritonMissing"),
+    Refusal("torch._inductor.exc.GPUTooOldForTriton"),
+)
+
+SPECS: tuple[BackendSpec, ...] = (
+    BackendSpec("flex", ("cpu", "cuda"), _requirement, FlexCore, (64,), refusals=_REFUSALS),
+)

@@ -4,7 +4,9 @@
 ``theta_i = base ** (-2 i / D)``, i < D/2, so that ``rope(q)_m . rope(k)_n = q^T R((n - m) theta) k``.
 Two pairings ("layouts") exist and are not interchangeable: "interleaved" pairs (2i, 2i+1) as in RoFormer,
 "half" pairs (i, i + D/2) as in GPT-NeoX. The frequencies, positions and the rotation itself come from
-``lrpe.rotation``, the one place those formulas live; angles are float32 (float64 for float64 inputs).
+``lrpe.rotation``, the one place those formulas live. cos and sin come from ``position_phasors``: float64
+angles rounded once to float32 (float64 for float64 inputs), as LRPE's, so at position 60000 they are exact to
+a few float32 ulp where a float32 angle (Hugging Face's and rotary-embedding-torch's way) is off by 6.6e-3.
 
 Used with softmax attention by rotating q and k; with linear attention the suite rotates phi(q), phi(k) in the
 numerator and keeps the unrotated features in the denominator (RoFormer Eq. 19).
@@ -17,7 +19,15 @@ from functools import lru_cache
 import torch
 from torch import Tensor, nn
 
-from lrpe.rotation import LAYOUTS, Layout, angle_dtype, inverse_frequencies, rotate_pairs, rotation_angles
+from lrpe.rotation import (
+    LAYOUTS,
+    Layout,
+    angle_dtype,
+    inverse_frequencies,
+    position_phasors,
+    rotate_interleaved,
+    rotate_pairs,
+)
 
 
 def _check_layout(layout: str) -> None:
@@ -32,16 +42,16 @@ def _check_head_dim(head_dim: int) -> None:
 
 @lru_cache(maxsize=64)
 def _theta(head_dim: int, base: float, device: torch.device) -> Tensor:
-    # Cached per device so a forward on GPU does not copy the frequencies from the host at every call;
-    # kept in float64 and cast to the angle dtype by rotation_angles.
-    return inverse_frequencies(head_dim // 2, head_dim, base).to(device)
+    # Built on the device (no host-to-device copy) once per device, in float64 for position_phasors.
+    return inverse_frequencies(head_dim // 2, head_dim, base, device=device)
 
 
 def apply_rope(x: Tensor, *, offset: int = 0, base: float = 10000.0, layout: Layout = "half") -> Tensor:
     """Rotate x (B, H, N, D) by the RoPE angles of positions ``offset + arange(N)``.
 
-    D must be even. Returns a tensor of x's shape and dtype; angles and the rotation are computed in
-    float32 (float64 for float64 input), so low-precision inputs keep accurate angles at large offsets.
+    D must be even. Returns a tensor of x's shape and dtype. The phasors exp(i (offset + s) theta_j) come from
+    ``position_phasors`` (float64 angles, rounded once) and the rotation is computed in float32 (float64 for
+    float64 input), so every input dtype keeps accurate angles at large offsets.
     """
     _check_layout(layout)
     if x.dim() != 4:
@@ -51,8 +61,12 @@ def apply_rope(x: Tensor, *, offset: int = 0, base: float = 10000.0, layout: Lay
     head_dim = x.shape[-1]
     _check_head_dim(head_dim)
     theta = _theta(head_dim, float(base), x.device)
-    angles = rotation_angles(theta, x.shape[-2], offset, angle_dtype(x.dtype))
-    return rotate_pairs(x, angles.cos(), angles.sin(), layout)
+    compute = angle_dtype(x.dtype)
+    phasors = position_phasors(theta, x.shape[-2], offset, compute)
+    if layout == "interleaved":
+        # one complex multiply, as LRPE-orthogonal: the pairs (2i, 2i+1) are complex numbers
+        return rotate_interleaved(x.to(compute), phasors).to(x.dtype)
+    return rotate_pairs(x, phasors.real, phasors.imag, layout)
 
 
 def rope_matrix(r: float, head_dim: int, *, base: float = 10000.0, layout: Layout = "half") -> Tensor:

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from baselines.flash_common import BackendSpec, FlashCore, cuda_reason
+from baselines.refusal import Refusal
 
 _KERNELS: dict[str, SDPBackend] = {
     "sdpa-flash": SDPBackend.FLASH_ATTENTION,
@@ -63,7 +64,16 @@ def _requirement(backend: str) -> str | None:
     return missing
 
 
+# Forced by sdpa_kernel, SDPA warns each failed check of the kernel's constraints (sdp_utils) and raises
+# RuntimeError "No available kernel. Aborting execution."; cuDNN's own heuristics may still refuse a config
+# that passed them, as a "cuDNN Frontend error" at the call.
+_REFUSALS: dict[str, tuple[Refusal, ...]] = {
+    name: (Refusal(RuntimeError, r"No available kernel"),) for name in _KERNELS
+}
+_REFUSALS["sdpa-cudnn"] += (Refusal(RuntimeError, r"cuDNN Frontend error|No valid execution plans"),)
+
 SPECS: tuple[BackendSpec, ...] = tuple(
-    BackendSpec(name, _DEVICES[name], partial(_requirement, name), partial(SDPACore, name))
+    BackendSpec(name, _DEVICES[name], partial(_requirement, name), partial(SDPACore, name),
+                refusals=_REFUSALS[name])
     for name in _KERNELS
 )

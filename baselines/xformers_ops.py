@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from baselines.flash_common import BackendSpec, FlashCore, cuda_reason, first_lines, import_module
+from baselines.refusal import Refusal, Unsupported
 
 # backend -> module of xformers.ops.fmha holding the operator pair (FwOp, BwOp)
 _FAMILIES: dict[str, str] = {
@@ -62,7 +63,7 @@ class XformersCore(FlashCore):
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         if self._op[1] is None and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
             # without a backward operator of its own, xformers would pick one for the backward
-            raise RuntimeError(f"{self._described} has no backward operator; {self.backend} is forward-only")
+            raise Unsupported(f"{self._described} has no backward operator; {self.backend} is forward-only")
         out = self._attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=self._bias, op=self._op
         )
@@ -78,7 +79,14 @@ def _requirement(backend: str) -> str | None:
     return why if ops is None else cuda_reason()
 
 
+# Given an operator, memory_efficient_attention checks it against the inputs
+# (xformers/ops/fmha/dispatch.py _ensure_op_supports_or_raise) and raises ValueError "Operator
+# `memory_efficient_attention` does not support inputs: ... is not supported because: ..."; its dispatcher
+# raises NotImplementedError "No operator found for ..." when it has to choose and nothing fits.
+_REFUSALS: tuple[Refusal, ...] = (Refusal(ValueError, r"does not support inputs"),
+                                  Refusal(NotImplementedError, r"No operator found|not supported"))
+
 SPECS: tuple[BackendSpec, ...] = tuple(
-    BackendSpec(name, ("cuda",), partial(_requirement, name), partial(XformersCore, name))
+    BackendSpec(name, ("cuda",), partial(_requirement, name), partial(XformersCore, name), refusals=_REFUSALS)
     for name in _FAMILIES
 )

@@ -89,6 +89,8 @@ def _run(args: argparse.Namespace) -> int:
     from bench.sweep.session import Sweep
     from reports.summary import summary_text
 
+    if args.dry_run:
+        return _dry_run(args)
     spec = load_spec(args.preset, device=args.device, overrides=overrides_from(vars(args)))
     sweep = Sweep(spec, results_dir=args.results_dir or DEFAULT_RESULTS_DIR, run_id=args.run_id,
                   shard=args.shard, profile=args.profile)
@@ -117,6 +119,19 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dry_run(args: argparse.Namespace) -> int:
+    """Print the plan for an assumed device with predicted times; measures nothing, needs no GPU."""
+    from bench.sweep.dryrun import dry_run, dry_run_text
+    from bench.sweep.presets import load_spec
+
+    if args.device not in (None, "cuda"):
+        raise ValueError(f"--dry-run plans for the assumed GPU ({args.assume_device}); --device must be cuda "
+                         f"or left out, got {args.device!r}")
+    spec = load_spec(args.preset or "full", device="cuda", overrides=overrides_from(vars(args)))
+    print(dry_run_text(dry_run(spec, args.assume_device), spec, args.assume_device))
+    return 0
+
+
 def _merge(args: argparse.Namespace) -> int:
     from bench.sweep.store import merge_runs
 
@@ -133,6 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a sweep (preset plus overrides) and store its rows")
     add_sweep_options(run.add_argument)
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--dry-run", dest="dry_run", action="store_true",
+                     help="print the plan with predicted times for --assume-device (default preset: full); "
+                     "runs nothing and needs no GPU")
+    run.add_argument("--assume-device", dest="assume_device", default="h100", choices=("h100",),
+                     help="device model of --dry-run: per-call estimates from ANCHORS.md (docs/gpu-timing.md)")
     run.set_defaults(handler=_run)
 
     listing = commands.add_parser("list", help="the variant registry, with what can run here")

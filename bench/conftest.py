@@ -24,7 +24,7 @@ def _sweep(config: pytest.Config):
                          overrides=overrides_from(options))
         config.stash[SWEEP_KEY] = Sweep(spec, results_dir=config.getoption("results_dir") or DEFAULT_RESULTS_DIR,
                                         run_id=config.getoption("run_id"), shard=config.getoption("shard"),
-                                        profile=config.getoption("profile"))
+                                        profile=config.getoption("profile"), timer=_timer_name(config, spec))
     return config.stash[SWEEP_KEY]
 
 
@@ -36,7 +36,27 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                                                       id="needs-benchmark-flag")])
         return
     planned = _sweep(metafunc.config).planned
-    metafunc.parametrize("planned", planned, ids=[p.config.key.replace("|", "-") for p in planned])
+    metafunc.parametrize("planned", [pytest.param(p, marks=_timer_marks(p.config.device)) for p in planned],
+                         ids=[p.config.key.replace("|", "-") for p in planned])
+
+
+def _timer_name(config: pytest.Config, spec) -> str:
+    """The ``timer`` value bench/test_sweep.py will report for ``spec`` (the planner counts its calls)."""
+    if spec.device != "cuda":
+        return f"pytest-benchmark:{config.getoption('benchmark_timer')}"
+    from bench.sweep.session import timing_settings
+
+    return "pytest-benchmark:cuda_event_clock" + ("+l2flush" if timing_settings(spec).flush_l2 else "")
+
+
+def _timer_marks(device: str) -> list:
+    """On CUDA, pytest-benchmark's clock becomes the CUDA event clock (its own does not wait for the GPU);
+    see bench/test_sweep.py and docs/gpu-timing.md."""
+    if device != "cuda":
+        return []
+    from bench.measure.timing import cuda_event_clock
+
+    return [pytest.mark.benchmark(timer=cuda_event_clock)]
 
 
 @pytest.fixture(scope="session")

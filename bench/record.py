@@ -92,7 +92,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("reason", str, None, "why the status is not ok (or a note on an ok row); empty when ok"),
     # timing
     Column("timer", str, None, "exactly which clock produced the times (e.g. perf_counter, "
-           "triton.do_bench+l2flush, cuda-events+l2flush, pytest-benchmark/perf_counter)", SPEED),
+           "triton.do_bench+l2flush, cuda-events+l2flush, pytest-benchmark:time.perf_counter)", SPEED),
     Column("warmup_calls", int, None, "untimed calls before the timed ones", SPEED),
     Column("repeats", int, None, "timed calls", SPEED),
     Column("time_median_ms", float, "ms", "median time of one call", SPEED),

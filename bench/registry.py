@@ -19,7 +19,7 @@ from functools import cache, partial
 
 from torch import nn
 
-from baselines.fla_linear import fla_availability, fla_linear_attention
+from baselines.fla_linear import fla_availability, fla_linear_attention, fla_unsupported_reason
 from baselines.flash import FLASH_BACKENDS, availability, build_flash, unsupported_reason
 from baselines.rope import RoPE
 from baselines.softmax import SoftmaxAttention
@@ -43,6 +43,21 @@ SWEEP_P = ("identity", "householder")
 
 def _even_head_dim(config: BenchConfig) -> str | None:
     return None if config.d % 2 == 0 else f"head dim {config.d} must be even for pairwise rotation"
+
+
+def _linear_check(pe: str, backend: str) -> Callable[[BenchConfig], str | None]:
+    """The limits of a linear variant: pairwise rotation needs an even D; fla's kernel is probed with the
+    key width its encoding gives (2 D for LRPE-unitary, R for SPE)."""
+    needs_even = pe in ("lrpe-orthogonal", "rope")
+    if backend != "fla":
+        return _even_head_dim if needs_even else supports_everything
+    key_width = _key_width(pe)
+
+    def check(config: BenchConfig) -> str | None:
+        if needs_even and (reason := _even_head_dim(config)):
+            return reason
+        return fla_unsupported_reason(key_width(config.d), config.d, config.torch_dtype, config.pass_ == "fwd+bwd")
+    return check
 
 
 # ---- builders -----------------------------------------------------------------------------------------
@@ -165,13 +180,12 @@ def _linear_variants() -> list[Variant]:
     for backend, info in LINEAR_BACKENDS.items():
         for pe, p in _linear_encodings(backend):
             name = f"linear{'' if pe == 'none' else '-' + pe}{'' if p == 'identity' else '-' + p}@{backend}"
-            needs_even = pe in ("lrpe-orthogonal", "rope")
             out.append(Variant(
                 name=name, family="linear", pe=pe, backend=backend,
                 builder=partial(_linear, pe=pe, p=p, impl=info["impl"]),
                 time_complexity=info["time"], memory_complexity=info["memory"], devices=info["devices"],
                 dtypes=info["dtypes"], causal_modes=info["causal"], probe=info["probe"],
-                check=_even_head_dim if needs_even else supports_everything, key_width=_key_width(pe),
+                check=_linear_check(pe, backend), key_width=_key_width(pe),
                 chunk_size=CHUNK_SIZE if info["time"] == "linear" else None,
                 in_sweeps=p in SWEEP_P, description=info["about"], options={"p": p}))
     return out

@@ -1,4 +1,10 @@
-"""What the registry knows about one attention variant (the registry table itself is ``bench.registry``)."""
+"""What the registry knows about one attention variant (the registry table itself is ``bench.registry``).
+
+Before a config runs, the registry decides its :class:`Verdict`: it runs (status None), or it is
+``unavailable`` (a package or the hardware is missing: the probe returned a reason), ``unsupported`` (a
+documented limit of the backend: the check returned a reason, or the variant's declared devices, dtypes and
+causal modes exclude it), or ``error`` (a probe or check raised: a bug, never filed as a limit).
+"""
 
 from __future__ import annotations
 
@@ -41,13 +47,34 @@ def supports_everything(config: BenchConfig) -> str | None:
 
 
 @dataclass(frozen=True)
+class Verdict:
+    """What is known about a config before running it: ``status`` None means "run it"; otherwise
+    "unavailable", "unsupported" or "error", with the reason (no status word in it)."""
+
+    status: str | None = None
+    reason: str | None = None
+
+    @property
+    def runs(self) -> bool:
+        return self.status is None
+
+
+RUNS = Verdict()
+
+
+def _raised(what: str, exc: Exception) -> Verdict:
+    return Verdict("error", f"{what} raised {type(exc).__name__}: {exc}")
+
+
+@dataclass(frozen=True)
 class Variant:
     """One row of the registry.
 
     probe: () -> None when the variant can run on this machine, else the reason (package or hardware
-        missing). Called once and cached.
-    check: (config) -> None when this config can run, else why not (head dim, dtype, device limits of the
-        backend); the registry checks devices, dtypes and causal itself before calling it.
+        missing). Called once and cached. If it raises, the variant's configs are ``error`` rows.
+    check: (config) -> None when this config can run, else why not (a documented limit of the backend:
+        head dim, dtype, mask); the registry checks devices, dtypes and causal itself before calling it.
+        If it raises, the config is an ``error`` row.
     key_width: (head_dim) -> width of the features the attention kernel sees (2 D for LRPE-unitary, R for
         SPE); used by the FLOP formulas.
     chunk_size: the chunk of chunked linear attention (FLOP formula), None for the other families.
@@ -81,19 +108,32 @@ class Variant:
             if what not in COMPLEXITIES:
                 raise ValueError(f"{self.name}: complexity must be one of {COMPLEXITIES}, got {what!r}")
 
-    def unavailable_reason(self) -> str | None:
-        """None when this machine can run the variant at all, else why not (cached per process)."""
+    def availability(self) -> Verdict:
+        """Whether this machine can run the variant at all: runs, ``unavailable`` or ``error`` (cached)."""
         return _probe_once(self.probe)
 
-    def unsupported_reason(self, config: BenchConfig) -> str | None:
-        """None when the variant can take ``config``, else why not: device, dtype, causal, then the backend."""
+    def unavailable_reason(self) -> str | None:
+        """None when this machine can run the variant, else why not, in words (for listings): the probe's
+        reason, or what the probe raised."""
+        return self.availability().reason
+
+    def verdict(self, config: BenchConfig) -> Verdict:
+        """Whether ``config`` can run: availability first, then the declared devices, dtypes and causal
+        modes, then the backend's check; ``unsupported`` for a limit, ``error`` when the check raised."""
+        available = self.availability()
+        if not available.runs:
+            return available
         if config.device not in self.devices:
-            return f"device {config.device!r} not supported (supports {list(self.devices)})"
+            return Verdict("unsupported", f"device {config.device!r} not supported (supports {list(self.devices)})")
         if config.dtype not in self.dtypes:
-            return f"dtype {config.dtype!r} not supported (supports {list(self.dtypes)})"
+            return Verdict("unsupported", f"dtype {config.dtype!r} not supported (supports {list(self.dtypes)})")
         if config.causal not in self.causal_modes:
-            return f"causal={config.causal} not supported"
-        return self.check(config)
+            return Verdict("unsupported", f"causal={config.causal} not supported")
+        try:
+            reason = self.check(config)
+        except Exception as exc:  # a check that breaks is a bug to report, not a limit
+            return _raised("support check", exc)
+        return RUNS if reason is None else Verdict("unsupported", reason)
 
     def flop_shape(self, config: BenchConfig) -> Shape:
         """The sizes the FLOP and byte formulas of ``bench.measure.flops`` take for ``config``."""
@@ -108,8 +148,9 @@ class Variant:
 
 
 @cache
-def _probe_once(probe: Callable[[], str | None]) -> str | None:
+def _probe_once(probe: Callable[[], str | None]) -> Verdict:
     try:
-        return probe()
-    except Exception as exc:  # a probe that breaks means the variant cannot run here; keep why
-        return f"availability probe failed: {type(exc).__name__}: {exc}"
+        reason = probe()
+    except Exception as exc:  # a probe that breaks is a bug to report, not a missing package
+        return _raised("availability probe", exc)
+    return RUNS if reason is None else Verdict("unavailable", reason)

@@ -182,7 +182,8 @@ class LRPE(nn.Module):
         them to q and to k halves the trigonometry (``forward_pair``).
         """
         if self.kind == "permutation":
-            return self.permutation_index(positions(n, offset, dtype=torch.long))
+            # built where the cycle tables live: no host-to-device copy inside the forward
+            return self.permutation_index(positions(n, offset, device=self.cycle_pos.device, dtype=torch.long))
         phasors = position_phasors(self.theta, n, offset, dtype)
         if self.kind == "orthogonal":
             return phasors

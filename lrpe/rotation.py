@@ -4,8 +4,10 @@ LRPE-orthogonal, LRPE-unitary and RoPE (``baselines.rope``) all build on these f
 frequency formula ``theta_j = base ** (-2 j / head_dim)`` and the rotation of a pair of coordinates are
 written once.
 
-Angles are computed in float32, or in float64 when the input is float64, whatever the input dtype: a
-bfloat16 position is inexact beyond 256 (MATH.md, notation).
+Position-dependent factors (``position_phasors``) are built from float64 angles and rounded once to the
+compute dtype (float32, or float64 for float64 input), whatever the input dtype: a float32 angle
+``s * theta`` is already off by ulp(s theta) (6.6e-3 rad near s = 60000), and a bfloat16 position is inexact
+beyond 256. LRPE, RoPE and sinusoidal APE all take their cos/sin from ``position_phasors``.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ def angle_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def inverse_frequencies(count: int, head_dim: int, base: float = 10000.0) -> Tensor:
-    """``theta_j = base ** (-2 j / head_dim)`` for ``j = 0 .. count - 1``, shape (count,), float64.
+def inverse_frequencies(count: int, head_dim: int, base: float = 10000.0, *,
+                        device: torch.device | str | None = None) -> Tensor:
+    """``theta_j = base ** (-2 j / head_dim)`` for ``j = 0 .. count - 1``, shape (count,), float64, built on
+    ``device`` (no host-to-device copy).
 
     RoPE and LRPE-orthogonal use ``count = head_dim // 2`` (one angle per pair); the LRPE paper's unitary
     variant uses ``count = head_dim`` (one angle per coordinate).
@@ -35,7 +39,7 @@ def inverse_frequencies(count: int, head_dim: int, base: float = 10000.0) -> Ten
         raise ValueError(f"count and head_dim must be >= 1, got count={count}, head_dim={head_dim}")
     if not base > 0:
         raise ValueError(f"base must be > 0, got {base}")
-    j = torch.arange(count, dtype=torch.float64)
+    j = torch.arange(count, dtype=torch.float64, device=device)
     return base ** (-2.0 * j / head_dim)
 
 
@@ -78,7 +82,6 @@ def rotate_pairs(x: Tensor, cos: Tensor, sin: Tensor, layout: Layout = "interlea
     rb = a * sin + b * cos
     out = torch.stack((ra, rb), dim=-1).flatten(-2) if layout == "interleaved" else torch.cat((ra, rb), dim=-1)
     return out.to(x.dtype)
-
 
 
 def position_phasors(theta: Tensor, n: int, offset: int, dtype: torch.dtype) -> Tensor:

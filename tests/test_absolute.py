@@ -49,6 +49,20 @@ def test_offset_equals_slicing_a_longer_table(dtype: torch.dtype) -> None:
     assert not torch.allclose(shifted, longer[:20])
 
 
+def test_float32_table_at_offset_60000_is_float64_accurate() -> None:
+    # float32 angles p * theta near p = 60000 are off by up to 6.6e-3 rad; the table must not be
+    offset, d_model, n = 60_000, 64, 50
+    table = sinusoidal_embedding(n, d_model, offset=offset, dtype=torch.float32)
+    theta = 10000.0 ** (-torch.arange(d_model // 2, dtype=torch.float64) * 2 / d_model)
+    angle = torch.arange(offset, offset + n, dtype=torch.float64)[:, None] * theta
+    truth = torch.stack((angle.sin(), angle.cos()), dim=-1).flatten(-2)
+    error = (table.to(torch.float64) - truth).abs().max().item()
+    assert error < 1e-6, error
+    angle32 = torch.arange(offset, offset + n, dtype=torch.float32)[:, None] * theta.float()
+    naive = torch.stack((angle32.sin(), angle32.cos()), dim=-1).flatten(-2)
+    assert (naive.to(torch.float64) - truth).abs().max().item() > 1e-3  # the recipe this replaces
+
+
 def test_ape_adds_the_table_and_follows_the_offset() -> None:
     x = torch.randn(2, 12, 16)
     ape = SinusoidalAPE(16)

@@ -10,8 +10,11 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
+import torch
 
 from bench.cli import main
+from bench.registry import get_variant
 from bench.sweep.store import RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,10 +26,16 @@ def test_list_shows_every_variant_and_what_runs_here(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "available here" in out and "linear-lrpe-orthogonal@torch-chunked" in out
-    assert "flash-linear-attention" in out or "linear@fla" in out
     assert main(["list", "linear-lrpe-unitary*", "--format", "csv"]) == 0
     frame = pd.read_csv(io.StringIO(capsys.readouterr().out))
     assert set(frame["pe"]) == {"lrpe-unitary"} and "reason" in frame
+    # "available here" and the reason are the variant's own probe, whichever machine this is
+    assert main(["list", "linear@fla,linear@torch-chunked", "--format", "csv"]) == 0
+    listed = pd.read_csv(io.StringIO(capsys.readouterr().out), keep_default_na=False).set_index("variant")
+    assert listed.loc["linear@torch-chunked", "available here"] == "yes"
+    fla_missing = get_variant("linear@fla").unavailable_reason()
+    assert listed.loc["linear@fla", "available here"] == ("no" if fla_missing else "yes")
+    assert listed.loc["linear@fla", "reason"] == (fla_missing or "")
 
 
 def test_run_stores_rows_prints_a_summary_and_resumes(tmp_path, capsys):
@@ -99,7 +108,9 @@ def test_pytest_benchmark_front_end(tmp_path):
         assert bench["extra_info"]["peak_mem_bytes"] is not None and bench["extra_info"]["flops"] > 0
         assert bench["stats"]["median"] > 0
     frame = pd.read_csv(tmp_path / "pb" / "results.csv")
-    assert set(frame["timer"]) == {"pytest-benchmark"} and len(frame) == 4
+    # the CPU path of both front ends: perf_counter around each call (pytest-benchmark's default clock)
+    assert set(frame["timer"]) == {"pytest-benchmark:time.perf_counter"} and len(frame) == 4
+    assert (frame["workload_s"] >= frame["repeats"] * frame["time_min_ms"] / 1e3).all()
     # the store's median is pytest-benchmark's median, in ms
     store = frame.set_index("key")["time_median_ms"]
     for bench in benchmarks:
@@ -113,3 +124,49 @@ def test_without_the_flag_bench_modules_skip_quickly():
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1 skipped" in done.stdout and "only with --benchmark" in done.stdout
     assert time.monotonic() - started < 60
+
+
+def test_dry_run_prints_the_plan_with_predictions_and_needs_no_gpu(capsys, tmp_path):
+    assert main(["run", "--preset", "full", "--dry-run", "--results-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "DRY RUN of preset full on an assumed h100" in out and "ESTIMATES" in out
+    assert "coverage (predicted ok) by family and encoding" in out and "predicted run time" in out
+    assert "linear-lrpe-orthogonal@fla 65536" in out
+    assert not any(tmp_path.iterdir())  # nothing was run or stored
+    assert main(["run", "--preset", "full", "--dry-run", "--device", "cpu"]) == 2
+    assert "--device must be cuda" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_both_front_ends_time_the_same_way_on_cuda(tmp_path):
+    """On a GPU: the CLI's do_bench and the pytest front end's CUDA event clock give the same medians."""
+    common = ["--preset", str(TINY), "--device", "cuda", "--n", "4096", "--heads", "16", "--d", "64",
+              "--results-dir", str(tmp_path)]
+    assert main(["run", *common, "--run-id", "cli", "--no-progress"]) == 0
+    done = subprocess.run([sys.executable, "-m", "pytest", "bench/", "--benchmark", *common, "--run-id", "pt",
+                           "-q", "-p", "no:cacheprovider"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    cli = pd.read_csv(tmp_path / "cli" / "results.csv").set_index("key")
+    pt = pd.read_csv(tmp_path / "pt" / "results.csv").set_index("key")
+    assert set(cli["timer"]) <= {"triton.do_bench+l2flush", "cuda-events+l2flush"}
+    assert set(pt["timer"]) == {"pytest-benchmark:cuda_event_clock+l2flush"}
+    for key in cli.index:
+        assert pt.loc[key, "time_median_ms"] == pytest.approx(cli.loc[key, "time_median_ms"], rel=0.10), key
+
+
+def test_pytest_front_end_gives_pytest_benchmark_the_cuda_event_clock_on_cuda_only():
+    from pytest_benchmark.plugin import pytest_runtest_setup
+
+    from bench.conftest import _timer_marks
+    from bench.measure.timing import cuda_event_clock
+
+    assert _timer_marks("cpu") == []
+    (mark,) = _timer_marks("cuda")
+    assert mark.name == "benchmark" and mark.kwargs == {"timer": cuda_event_clock}
+
+    class Item:  # pytest-benchmark's own check of the marker's keywords (it raises on unknown ones)
+        def get_closest_marker(self, name):
+            return mark.mark if name == "benchmark" else None
+
+    pytest_runtest_setup(Item())

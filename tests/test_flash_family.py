@@ -19,6 +19,9 @@ from torch import Tensor, nn
 
 from baselines.flash import FLASH_BACKENDS, availability, build_flash, float_tolerance, unsupported_reason
 from baselines.softmax import softmax_attention
+from bench.config import BenchConfig
+from bench.equivalence import compare
+from bench.registry import all_variants
 
 FLEX_OPT_IN = os.environ.get("LRPE_TEST_FLEX") == "1"
 needs_flex = pytest.mark.skipif(
@@ -140,6 +143,29 @@ def test_cpu_backend_matches_oracle(backend: str, dtype: torch.dtype, shape: tup
     skip_unless_runs(backend, head_dim=shape[-1], dtype=dtype, device="cpu", causal=causal)
     q, k, v = qkv(shape, dtype, seed=sum(shape))
     assert_matches_oracle(build_flash(backend, causal=causal)(q, k, v), q, k, v, causal)
+
+
+def variant_of(backend: str) -> str:
+    """The registry's name of ``backend`` without positions (sdpa-math is registered as a softmax backend)."""
+    return next(name for name, v in all_variants().items() if v.backend == backend and v.pe == "none")
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("backend", CPU_KERNELS)
+def test_cpu_backend_gradients_match_oracle(backend: str, dtype: str, shape: tuple, causal: bool) -> None:
+    """dq, dk, dv of the forced CPU kernel against autograd through the float64 softmax oracle, for one
+    dense random output gradient (bench.equivalence.compare); float32 to 1e-5 of the largest entry."""
+    b, h, n, d = shape
+    config = BenchConfig(variant=variant_of(backend), n=n, d=d, batch=b, heads=h, dtype=dtype, causal=causal,
+                         pass_="fwd+bwd")
+    skip_unless_runs(backend, head_dim=d, dtype=config.torch_dtype, device="cpu", causal=causal)
+    row = compare(all_variants()[config.variant], config)
+    assert row.status == "pass", row.describe()
+    assert None not in (row.dq_error, row.dk_error, row.dv_error)
+    if dtype == "float32":
+        assert max(row.errors().values()) < 1e-5, row.describe()
 
 
 @pytest.mark.parametrize("offset", [0, 7])
@@ -303,6 +329,24 @@ def test_cuda_backend_matches_oracle(backend: str, dtype: torch.dtype, causal: b
     skip_unless_runs(backend, head_dim=64, dtype=dtype, device="cuda", causal=causal)
     q, k, v = qkv((2, 4, 77, 64), dtype, device="cuda", seed=1)
     assert_matches_oracle(build_flash(backend, causal=causal)(q, k, v), q, k, v, causal)
+
+
+@needs_cuda
+@pytest.mark.parametrize("shape", [(2, 4, 1024, 64), (1, 2, 333, 128)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("backend", PROBED)
+def test_cuda_backend_gradients_match_oracle(backend: str, dtype: str, causal: bool, shape: tuple) -> None:
+    b, h, n, d = shape
+    config = BenchConfig(variant=variant_of(backend), n=n, d=d, batch=b, heads=h, dtype=dtype, causal=causal,
+                         pass_="fwd+bwd", device="cuda")
+    variant = all_variants()[config.variant]
+    verdict = variant.verdict(config)
+    if not verdict.runs:
+        assert verdict.status != "error", verdict.reason
+        pytest.skip(f"{verdict.status}: {verdict.reason}")
+    row = compare(variant, config)
+    assert row.status == "pass", row.describe()
 
 
 @needs_cuda

@@ -5,8 +5,20 @@ from pathlib import Path
 import pytest
 
 from bench.config import BenchConfig
+from bench.measure.flops import attention_flops
+from bench.measure.timing import TIMER_DO_BENCH, TimingSettings
 from bench.registry import get_variant
-from bench.sweep.planner import Budget, Planned, parse_shard, plan
+from bench.sweep.dryrun import dry_run
+from bench.sweep.planner import (
+    COMPILE_SECONDS,
+    Budget,
+    CallModel,
+    Planned,
+    Prediction,
+    parse_shard,
+    plan,
+    repeats_for,
+)
 from bench.sweep.presets import Limits, load_spec
 
 TINY = Path(__file__).parent / "data" / "tiny.toml"
@@ -22,9 +34,14 @@ def measured_row(name: str, n: int, ms: float, peak: float | None = 1e6, status:
     return {**config.as_row(), "status": status, "time_median_ms": ms, "peak_mem_bytes": peak}
 
 
+# 1 warm-up call, 5 timed calls, 1 memory-pass call: 7 calls per config whatever the call takes
+SEVEN_CALLS = CallModel(TimingSettings(warmup_min_calls=1, warmup_min_s=0.0, min_repeats=5, max_repeats=5,
+                                       min_time_s=0.0, max_time_s=1e9), "perf_counter")
+
+
 def budget(config_seconds=5.0, total_seconds=1e6, memory=2**40, tflops=None):
-    return Budget(Limits(config_seconds=config_seconds, total_seconds=total_seconds), calls_per_config=7,
-                  memory_limit=memory, matmul_tflops=tflops)
+    return Budget(Limits(config_seconds=config_seconds, total_seconds=total_seconds), calls=SEVEN_CALLS,
+                  memory_limit=memory, matmul_tflops={"float32": tflops} if tflops else None)
 
 
 def test_prediction_scales_by_complexity_and_names_the_figure():
@@ -78,10 +95,85 @@ def test_plan_marks_unsupported_and_unavailable_before_running():
     spec = load_spec(str(TINY), overrides={"variants": "linear@fla,linear-lrpe-orthogonal@torch-chunked",
                                            "d": "7,8"})
     statuses = {(p.config.variant, p.config.d): (p.status, p.reason) for p in plan(spec)}
-    fla_status, fla_reason = statuses[("linear@fla", 8)]
-    assert fla_status == "unavailable" and fla_reason
+    # linear@fla on this CPU spec: unavailable where its package or driver is missing (the probe's reason),
+    # else unsupported for the device; never runnable, on any machine.
+    fla_missing = get_variant("linear@fla").unavailable_reason()
+    if fla_missing:
+        assert statuses[("linear@fla", 8)] == ("unavailable", fla_missing)
+    else:
+        assert statuses[("linear@fla", 8)] == ("unsupported", "device 'cpu' not supported (supports ['cuda'])")
     assert statuses[("linear-lrpe-orthogonal@torch-chunked", 7)][0] == "unsupported"
     assert statuses[("linear-lrpe-orthogonal@torch-chunked", 8)] == (None, None)
+
+
+def test_plan_without_probes_keeps_only_the_registrys_static_limits():
+    spec = load_spec(str(TINY), device="cuda", overrides={"variants": "linear@fla", "dtype": "float64"})
+    assert {(p.status, p.reason) for p in plan(spec, probe=False)} == {
+        ("unsupported", "dtype 'float64' not supported (supports ['float32', 'bfloat16', 'float16'])")}
+
+
+def test_plan_counts_flops_once_per_config():
+    spec = load_spec(str(TINY), overrides={"pass": "both"})
+    for p in plan(spec):
+        expected = attention_flops(p.variant.flop_shape(p.config), time_complexity=p.variant.time_complexity,
+                                   causal=p.config.causal, pass_=p.config.pass_, chunk_size=p.variant.chunk_size)
+        assert p.flops == expected > 0
+
+
+def test_configs_are_interleaved_by_n_and_series_grow():
+    spec = load_spec(str(TINY), overrides={"n": "256,64,128", "d": "16,32"})
+    ns = [c.n for c in spec.configs()]
+    assert ns == sorted(ns) and ns[0] == 64  # every variant at the smallest N first
+    first_block = {c.variant for c in spec.configs() if c.n == 64}
+    assert first_block == set(spec.variants)
+
+
+def test_planner_predicts_from_the_smaller_n_measured_before_it_in_plan_order():
+    spec = load_spec(str(TINY), overrides={"variants": "linear@torch-chunked", "n": "64,128,256"})
+    rows = []
+    for p in plan(spec):
+        _reason, pred = budget().check(p, rows, elapsed_s=0)
+        if rows:
+            assert pred.basis.startswith(f"from N={rows[-1]['n']}")
+        rows.append(measured_row(p.config.variant, p.config.n, 1.0 * p.config.n / 64) | {"d": p.config.d,
+                                                                                          "heads": p.config.heads})
+
+
+def test_call_model_counts_warmup_timer_and_memory_calls():
+    cpu = CallModel(TimingSettings(warmup_min_calls=1, warmup_min_s=0.05, min_repeats=5, max_repeats=100,
+                                   min_time_s=0.1, max_time_s=1.0), "perf_counter")
+    assert cpu.calls(0.01) == {"warmup": 5, "untimed": 0, "timed": 10, "memory": 1}
+    assert repeats_for(cpu.settings, 0.5) == 2  # the call crossing max_time_s is the last
+    gpu_settings = TimingSettings.for_device("cuda")
+    gpu = CallModel(gpu_settings, TIMER_DO_BENCH)
+    calls = gpu.calls(0.002)  # rep = max(100 ms, 10 x 2 ms) = 100 ms: 50 timed calls
+    assert calls == {"warmup": 13, "untimed": 8, "timed": 50, "memory": 1}
+    assert gpu.seconds(0.002) == pytest.approx(0.002 * 72)
+    flushed = CallModel(gpu_settings, TIMER_DO_BENCH, flush_s=0.0001)
+    assert flushed.calls(0.002)["timed"] == 47  # do_bench sizes its calls by the call plus the flush
+    assert flushed.seconds(0.002) == pytest.approx(0.002 * 69 + 0.0001 * (47 + 5))
+
+
+def test_flex_compile_time_enters_the_config_cost():
+    p = Planned(BenchConfig(variant="flash@flex", n=1024, d=64, device="cuda"), get_variant("flash@flex"))
+    seconds = budget().config_seconds(p, 0.001)
+    assert seconds == pytest.approx(COMPILE_SECONDS[("flex", "cuda", "fwd")] + 0.007)
+    reason = budget(config_seconds=5.0).decide(p, Prediction(0.001, None, "test"), [], elapsed_s=0)
+    assert reason is not None and "per-config limit of 5 s" in reason
+
+
+def test_dry_run_of_the_full_preset_covers_every_family_and_encoding_within_its_budget():
+    spec = load_spec("full", device="cuda")
+    frame = dry_run(spec, "h100")
+    ok = frame[frame["status"] == "ok"]
+    assert frame["elapsed_s"].max() <= spec.limits.total_seconds
+    assert set(ok["family"]) == {"softmax", "flash", "linear"}
+    for pe in ("none", "rope", "spe-sine", "spe-conv", "lrpe-unitary", "lrpe-orthogonal", "lrpe-permutation"):
+        assert ok[(ok["family"] == "linear") & (ok["pe"] == pe)]["n"].max() == 65536, pe
+    assert ok[ok["family"] == "flash"]["n"].max() == 65536
+    # explicit N x N softmax stops where its scores exceed the memory limit, and says so
+    over = frame[(frame["family"] == "softmax") & (frame["status"] == "over-budget")]
+    assert len(over) and over["reason"].str.contains("peak memory|a larger N needs more").all()
 
 
 def test_shards_partition_the_plan():

@@ -6,6 +6,7 @@ here equals the naive softmax oracle (with RoPE applied the same way), and LRPE/
 the encoding their name promises.
 """
 
+import dataclasses
 import os
 
 import pytest
@@ -16,6 +17,7 @@ from baselines.rope import apply_rope
 from baselines.softmax import softmax_attention
 from bench.config import BenchConfig
 from bench.registry import LRPE_KINDS, ROPE_LAYOUT, all_variants, get_variant, select_variants
+from bench.variant import RUNS, Verdict
 from lrpe import LRPE, P_CHOICES, get_feature_map, linear_attention
 from lrpe.pmatrix import HouseholderP, IdentityP, OddEvenP
 
@@ -75,6 +77,8 @@ def test_unavailable_variants_give_a_reason_not_an_exception():
     assert reasons["softmax@naive"] is None
     for name, reason in reasons.items():
         assert reason is None or (isinstance(reason, str) and reason.strip()), name
+        # here every probe either runs or names a missing package or device: none of them broke
+        assert VARIANTS[name].availability().status in (None, "unavailable"), (name, reason)
     if not torch.cuda.is_available():
         assert "CUDA" in reasons["flash@sdpa-cudnn"]
         assert reasons["linear@fla"]
@@ -82,14 +86,29 @@ def test_unavailable_variants_give_a_reason_not_an_exception():
 
 def test_unsupported_configs_name_what_is_wrong():
     odd = BenchConfig(variant="linear-lrpe-orthogonal@torch-chunked", n=16, d=7)
-    assert "head dim 7 must be even" in get_variant(odd.variant).unsupported_reason(odd)
-    fla_cpu = BenchConfig(variant="linear@fla", n=16, d=8, device="cpu")
-    assert "device 'cpu' not supported" in get_variant("linear@fla").unsupported_reason(fla_cpu)
-    full = BenchConfig(variant="linear@fla", n=16, d=8, device="cuda", causal=False)
-    assert "causal=False not supported" in get_variant("linear@fla").unsupported_reason(full)
-    if not torch.cuda.is_available():
-        cudnn = BenchConfig(variant="flash@sdpa-efficient", n=16, d=64, device="cpu")
-        assert "cpu" in get_variant("flash@sdpa-efficient").unsupported_reason(cudnn)
+    assert get_variant(odd.variant).verdict(odd) == Verdict("unsupported", "head dim 7 must be even for pairwise "
+                                                                           "rotation")
+    cpu = BenchConfig(variant="flash@sdpa-efficient", n=16, d=64, device="cpu")
+    verdict = get_variant(cpu.variant).verdict(cpu)
+    if torch.cuda.is_available():
+        assert verdict.status == "unsupported" and "device 'cpu' not supported" in verdict.reason
+    else:  # availability is decided first: no CUDA here
+        assert verdict.status == "unavailable" and "CUDA" in verdict.reason
+    full = BenchConfig(variant="softmax@naive", n=16, d=8, dtype="float64", causal=False, device="cpu")
+    assert get_variant(full.variant).verdict(full) == RUNS
+
+
+def test_declared_limits_are_unsupported_once_available():
+    naive = get_variant("linear@naive")
+    limited = dataclasses.replace(naive, devices=("cuda",), dtypes=("float32",), causal_modes=(True,))
+    cases = {
+        BenchConfig(variant="linear@naive", n=16, d=8, device="cpu"): "device 'cpu' not supported",
+        BenchConfig(variant="linear@naive", n=16, d=8, device="cuda", dtype="float64"): "dtype 'float64'",
+        BenchConfig(variant="linear@naive", n=16, d=8, device="cuda", causal=False): "causal=False",
+    }
+    for config, words in cases.items():
+        verdict = limited.verdict(config)
+        assert verdict.status == "unsupported" and words in verdict.reason
 
 
 NAIVE_STEMS = sorted({name.split("@")[0] for name in VARIANTS if name.endswith("@naive")
@@ -161,8 +180,9 @@ def _exact_variants() -> list[str]:
 def test_exact_attention_variants_equal_the_softmax_oracle(name, dtype):
     variant = get_variant(name)
     config = BenchConfig(variant=name, n=45, d=32, heads=2, batch=2, dtype=dtype)
-    if (reason := variant.unsupported_reason(config)) is not None:
-        pytest.skip(f"unsupported here: {reason}")
+    if not (verdict := variant.verdict(config)).runs:
+        assert verdict.status != "error", verdict.reason
+        pytest.skip(f"{verdict.status} here: {verdict.reason}")
     q, k, v = inputs(config)
     out = run(name, config, q, k, v)
     if variant.pe == "rope":

@@ -57,11 +57,44 @@ def test_shift_invariance(layout: str) -> None:
 
 
 def test_decoding_with_offset_matches_full_sequence() -> None:
+    # equal to a few float64 ulp: one token's phasor is split into coarse x fine tables differently
     (x, _), rope = _inputs(16), RoPE(16)
     full = rope(x, offset=3)
     for t in range(x.shape[2]):
         step = rope(x[:, :, t : t + 1], offset=3 + t)
-        torch.testing.assert_close(step, full[:, :, t : t + 1], rtol=0, atol=0)
+        torch.testing.assert_close(step, full[:, :, t : t + 1], rtol=0, atol=1e-14)
+
+
+def _float64_truth(x: torch.Tensor, offset: int, layout: str) -> torch.Tensor:
+    """RoPE of x at ``offset`` from float64 angles and a float64 rotation, written out independently."""
+    d, n = x.shape[-1], x.shape[-2]
+    theta = 10000.0 ** (-torch.arange(d // 2, dtype=torch.float64) * 2 / d)
+    angle = torch.arange(offset, offset + n, dtype=torch.float64)[:, None] * theta
+    cos, sin = angle.cos(), angle.sin()
+    x = x.to(torch.float64)
+    a, b = (x[..., 0::2], x[..., 1::2]) if layout == "interleaved" else (x[..., : d // 2], x[..., d // 2 :])
+    ra, rb = a * cos - b * sin, a * sin + b * cos
+    if layout == "interleaved":
+        return torch.stack((ra, rb), dim=-1).flatten(-2)
+    return torch.cat((ra, rb), dim=-1)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("d", [64, 128])
+def test_float32_rope_at_offset_60000_is_float64_accurate(layout: str, d: int) -> None:
+    """At position 60000 a float32 angle is off by up to 6.6e-3 rad (ulp(60000) * theta_0 / 2); the
+    phasors are exact to a few float32 ulp, so the rotated float32 vector is within 1e-6 of the truth."""
+    offset = 60_000
+    x = torch.randn(2, 2, 40, d, generator=torch.Generator().manual_seed(d))
+    out = apply_rope(x, offset=offset, layout=layout)
+    assert out.dtype == torch.float32
+    truth = _float64_truth(x, offset, layout)
+    error = (out.to(torch.float64) - truth).abs().max().item()
+    assert error < 2e-6, error
+    # what this guards against: the float32-angle recipe misses by three orders of magnitude more
+    angle32 = positions(40, offset)[:, None] * inverse_frequencies(d // 2, d).float()
+    naive = rotate_pairs(x, angle32.cos(), angle32.sin(), layout)
+    assert (naive.to(torch.float64) - truth).abs().max().item() > 1e-3
 
 
 @pytest.mark.parametrize("d", [8, 64])

@@ -7,7 +7,7 @@ runs rather than how fast the machine is.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
@@ -27,28 +27,44 @@ _CPU_SETTINGS = TimingSettings(warmup_min_calls=1, warmup_min_s=0.0, min_repeats
                                min_time_s=0.2, max_time_s=0.8, flush_l2=False, median_precision=0.02)
 
 
-def measure_ceilings(device: str | torch.device, dtype: str | torch.dtype | None = None) -> dict:
-    """Matmul TFLOP/s (n x n by n x n in ``dtype``, 2 n^3 FLOPs) and copy GB/s (one buffer copied into
-    another on the device, counting the bytes read plus the bytes written), from median times.
+def measure_ceilings(device: str | torch.device,
+                     dtypes: str | torch.dtype | Sequence[str | torch.dtype] | None = None) -> dict:
+    """Matmul TFLOP/s for each of ``dtypes`` (n x n by n x n, 2 n^3 FLOPs) and copy GB/s (one buffer copied
+    into another on the device, counting the bytes read plus the bytes written), from median times.
 
-    GPU: n = 8192 and a 1 GiB buffer. CPU: n from 256..4096 such that one call takes about 0.1-0.3 s, and a
-    128 MiB buffer; about 1-3 s in all. ``dtype`` defaults to bfloat16 on GPU, float32 on CPU. Shapes, byte
-    counts and times are returned with the rates.
+    GPU: n = 8192 and a 1 GiB buffer. CPU: n from 256..4096 such that one call takes about 0.1-0.3 s (chosen
+    per dtype), and a 128 MiB buffer; about 1-3 s per dtype. ``dtypes`` (one or several) defaults to
+    bfloat16 on GPU, float32 on CPU. The copy is measured once (bytes do not depend on a dtype). Returns
+    ``{"device", "float32_matmul_precision", "torch_threads", "copy_*", "matmul": {dtype name: {"matmul_shape",
+    "matmul_flops", "matmul_ms", "matmul_repeats", "matmul_tflops"}}}``; ``matmul_tflops(ceilings, dtype)``
+    reads one rate.
     """
     device = torch.device(device)
     on_gpu = device.type == "cuda"
-    if dtype is None:
-        dtype = torch.bfloat16 if on_gpu else torch.float32
-    dtype = DTYPES[parse_dtype(dtype)] if isinstance(dtype, str) else dtype
+    if dtypes is None:
+        dtypes = [torch.bfloat16 if on_gpu else torch.float32]
+    elif isinstance(dtypes, (str, torch.dtype)):
+        dtypes = [dtypes]
+    resolved = [DTYPES[parse_dtype(d)] if isinstance(d, str) else d for d in dtypes]
     settings = TimingSettings.for_device(device) if on_gpu else _CPU_SETTINGS
-    out: dict = {"device": str(device), "dtype": str(dtype).removeprefix("torch."),
-                 "float32_matmul_precision": torch.get_float32_matmul_precision(),
-                 "torch_threads": torch.get_num_threads()}
-
-    n = GPU_MATMUL_N if on_gpu else _cpu_matmul_size(dtype)
-    out.update(_matmul_ceiling(n, device, dtype, settings))
+    out: dict = {"device": str(device), "float32_matmul_precision": torch.get_float32_matmul_precision(),
+                 "torch_threads": torch.get_num_threads(), "matmul": {}}
+    for dtype in dict.fromkeys(resolved):
+        n = GPU_MATMUL_N if on_gpu else _cpu_matmul_size(dtype)
+        out["matmul"][_dtype_name(dtype)] = _matmul_ceiling(n, device, dtype, settings)
     out.update(_copy_ceiling(GPU_COPY_BYTES if on_gpu else CPU_COPY_BYTES, device, settings))
     return out
+
+
+def matmul_tflops(ceilings: Mapping, dtype: str | torch.dtype) -> float | None:
+    """The measured matmul ceiling (TFLOP/s) for ``dtype`` in ``ceilings`` (from ``measure_ceilings``), or
+    None when that dtype was not measured."""
+    name = _dtype_name(DTYPES[parse_dtype(dtype)] if isinstance(dtype, str) else dtype)
+    return (ceilings.get("matmul") or {}).get(name, {}).get("matmul_tflops")
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def _matmul_ceiling(n: int, device: torch.device, dtype: torch.dtype, settings: TimingSettings) -> dict:

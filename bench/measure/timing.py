@@ -27,8 +27,7 @@ _FALLBACK_GPU_L2_BYTES = 128 * 2**20
 
 @dataclass
 class Timing:
-    """Summary of the timed calls of one callable. Times in milliseconds, except ``total_s`` (seconds).
-    ``minor_faults_per_call``: minor page faults of the process per timed call (CPU timer; None elsewhere)."""
+    """Summary of the timed calls of one callable. Times in milliseconds, except ``total_s`` (seconds)."""
 
     median_ms: float
     p20_ms: float
@@ -39,11 +38,19 @@ class Timing:
     total_s: float
     iqr_ms: float
     samples_ms: list[float] = field(repr=False)
+    timer: str = "perf_counter"
+    """Exactly which clock produced the samples (the row's ``timer`` column), e.g. ``triton.do_bench+l2flush``."""
+    untimed_calls: int = 0
+    """Calls the timer made besides the timed ones (its probe and its own warm-up; not ``warmup``'s calls)."""
+    wall_s: float | None = None
+    """Seconds of everything the timer ran (untimed calls and L2 flushes included); None: only the samples."""
     minor_faults_per_call: float | None = None
+    """Minor page faults of the process per timed call (the CPU timer counts them; None elsewhere)."""
 
     @classmethod
-    def from_samples(cls, samples_s: Sequence[float]) -> Timing:
-        """Summarise per-call durations given in seconds."""
+    def from_samples(cls, samples_s: Sequence[float], *, timer: str = "perf_counter", untimed_calls: int = 0,
+                     wall_s: float | None = None) -> Timing:
+        """Summarise per-call durations given in seconds (see the fields for the keywords)."""
         if len(samples_s) == 0:
             raise ValueError("no timing samples")
         samples_ms = [float(s) * 1e3 for s in samples_s]
@@ -51,7 +58,12 @@ class Timing:
         return cls(median_ms=float(median), p20_ms=float(p20), p80_ms=float(p80), iqr_ms=float(q75 - q25),
                    min_ms=min(samples_ms),
                    max_ms=max(samples_ms), repeats=len(samples_ms), total_s=float(sum(samples_s)),
-                   samples_ms=samples_ms)
+                   samples_ms=samples_ms, timer=timer, untimed_calls=untimed_calls, wall_s=wall_s)
+
+    @property
+    def spent_s(self) -> float:
+        """Seconds the timer kept the workload busy: ``wall_s`` when known, else the sum of the samples."""
+        return self.total_s if self.wall_s is None else max(self.wall_s, self.total_s)
 
 
 @dataclass
@@ -176,15 +188,82 @@ def time_cpu(fn: Callable[[], object], settings: TimingSettings) -> Timing:
 
 
 def time_cuda(fn: Callable[[], object], settings: TimingSettings, device: str | torch.device) -> Timing:
-    """Time ``fn`` on a CUDA device: ``triton.testing.do_bench`` when Triton imports and ``flush_l2`` is on
-    (it flushes L2 before every call and synchronises once at the end), otherwise CUDA events around each
-    call with a synchronise after it (and the L2 flush when asked)."""
+    """Time ``fn`` on a CUDA device with the timer ``cuda_timer_name(settings)`` names:
+    ``triton.testing.do_bench`` when Triton imports and ``flush_l2`` is on (it flushes L2 before every call
+    and synchronises once at the end), otherwise CUDA events around each call with a synchronise after it
+    (and the L2 flush when asked). The returned ``Timing`` says which timer ran, how many untimed calls it
+    made and the wall seconds of all of it."""
     device = torch.device(device)
     with torch.cuda.device(device):
         do_bench = _triton_do_bench() if settings.flush_l2 else None
         if do_bench is not None:
             return _time_do_bench(do_bench, fn, settings, device)
         return _time_cuda_events(fn, settings, device)
+
+
+TIMER_DO_BENCH = "triton.do_bench+l2flush"
+TIMER_EVENTS_FLUSH = "cuda-events+l2flush"
+TIMER_EVENTS = "cuda-events"
+
+CUDA_PROBE_CALLS = 1
+"""The one synchronised call ``_time_do_bench`` times to choose do_bench's ``rep``."""
+DO_BENCH_UNTIMED_CALLS = 7
+"""Calls ``triton.testing.do_bench(fn, warmup=0, ...)`` makes besides its timed ones (triton/testing.py):
+one first call, five for its estimate of one call, and ``max(1, int(warmup / estimate))`` = 1 warm-up call."""
+DO_BENCH_FLUSH_BYTES = 256 * 2**20
+"""The buffer Triton's NVIDIA driver zeroes before every call (``get_empty_cache_for_benchmark``)."""
+
+
+def cuda_timer_name(settings: TimingSettings) -> str:
+    """The ``timer`` value ``time_cuda`` will report with these settings on this installation."""
+    if not settings.flush_l2:
+        return TIMER_EVENTS
+    return TIMER_DO_BENCH if _triton_do_bench() is not None else TIMER_EVENTS_FLUSH
+
+
+def do_bench_rep_ms(settings: TimingSettings, one_ms: float) -> float:
+    """do_bench's ``rep`` (ms of timed calls; it makes about rep / one_ms of them) for a call of ``one_ms``:
+    enough for ``min_repeats`` calls and ``min_time_s``, at most ``max_time_s`` and ``max_repeats`` calls."""
+    rep_ms = max(settings.min_time_s * 1e3, settings.min_repeats * one_ms)
+    rep_ms = min(rep_ms, settings.max_time_s * 1e3, settings.max_repeats * one_ms)
+    return max(rep_ms, 1e-3)
+
+
+def cuda_l2_flush(device: str | torch.device) -> Callable[[], None]:
+    """A callable that overwrites a buffer larger than the L2 cache of ``device`` (queued, not synchronised):
+    Triton's own 256 MB buffer and ``clear_cache`` when Triton imports (the flush do_bench makes), otherwise
+    twice the L2 reported by the device (128 MiB when unknown) zeroed by torch."""
+    device = torch.device(device)
+    try:
+        from triton.runtime import driver
+    except ImportError:
+        driver = None
+    if driver is not None:
+        with torch.cuda.device(device):
+            cache = driver.active.get_empty_cache_for_benchmark()
+        return lambda: driver.active.clear_cache(cache)  # None, as pedantic's setup must return
+    l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or _FALLBACK_GPU_L2_BYTES
+    buffer = torch.empty(2 * l2, dtype=torch.uint8, device=device)
+
+    def flush() -> None:  # returns None: pytest-benchmark takes a setup's return value as call arguments
+        buffer.zero_()
+    return flush
+
+
+_CLOCK_ORIGINS: dict[int, torch.cuda.Event] = {}
+
+
+def cuda_event_clock() -> float:
+    """GPU time in seconds: records a CUDA event on the current stream, waits for it, and returns the seconds
+    since this device's first reading (``Event.elapsed_time``). Two readings around a call measure what CUDA
+    events around it measure, with the GPU idle at the first reading (so one kernel-launch latency, a few
+    microseconds, is inside the interval). The pytest front end gives it to pytest-benchmark as its timer on
+    CUDA (``pytest.mark.benchmark(timer=...)``): pytest-benchmark's default clock does not wait for the GPU."""
+    event = torch.cuda.Event(enable_timing=True)
+    event.record()
+    event.synchronize()
+    origin = _CLOCK_ORIGINS.setdefault(torch.cuda.current_device(), event)
+    return origin.elapsed_time(event) / 1e3
 
 
 def _repeat(timed_call: Callable[[], float], settings: TimingSettings) -> Timing:
@@ -230,20 +309,21 @@ def _triton_do_bench() -> Callable[..., object] | None:
 def _time_do_bench(do_bench: Callable[..., object], fn: Callable[[], object], settings: TimingSettings,
                    device: torch.device) -> Timing:
     # do_bench picks its number of calls as rep / (its own estimate of one call), so rep is chosen here
-    # from one synchronised call to land between the settings' minimums and maximums.
+    # from one synchronised call (the probe) to land between the settings' minimums and maximums.
+    started = time.perf_counter()
     one_ms = _cuda_event_ms(fn, device)
-    rep_ms = max(settings.min_time_s * 1e3, settings.min_repeats * one_ms)
-    rep_ms = min(rep_ms, settings.max_time_s * 1e3, settings.max_repeats * one_ms)
-    # warmup=0: the caller has warmed up; do_bench still makes a few untimed calls of its own.
-    samples_ms = do_bench(fn, warmup=0, rep=max(rep_ms, 1e-3), return_mode="all")
-    return Timing.from_samples([ms / 1e3 for ms in samples_ms])
+    # warmup=0: the caller has warmed up; do_bench still makes DO_BENCH_UNTIMED_CALLS untimed calls.
+    samples_ms = do_bench(fn, warmup=0, rep=do_bench_rep_ms(settings, one_ms), return_mode="all")
+    wall_s = time.perf_counter() - started
+    return Timing.from_samples([ms / 1e3 for ms in samples_ms], timer=TIMER_DO_BENCH,
+                               untimed_calls=CUDA_PROBE_CALLS + DO_BENCH_UNTIMED_CALLS, wall_s=wall_s)
 
 
 def _cuda_event_ms(fn: Callable[[], object], device: torch.device,
-                   flush: torch.Tensor | None = None) -> float:
+                   flush: Callable[[], None] | None = None) -> float:
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     if flush is not None:
-        flush.zero_()
+        flush()
     start.record()
     fn()
     end.record()
@@ -252,8 +332,9 @@ def _cuda_event_ms(fn: Callable[[], object], device: torch.device,
 
 
 def _time_cuda_events(fn: Callable[[], object], settings: TimingSettings, device: torch.device) -> Timing:
-    flush = None
-    if settings.flush_l2:
-        l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or _FALLBACK_GPU_L2_BYTES
-        flush = torch.empty(2 * l2, dtype=torch.uint8, device=device)
-    return _repeat(lambda: _cuda_event_ms(fn, device, flush) / 1e3, settings)
+    started = time.perf_counter()
+    flush = cuda_l2_flush(device) if settings.flush_l2 else None
+    timing = _repeat(lambda: _cuda_event_ms(fn, device, flush) / 1e3, settings)
+    timing.timer = TIMER_EVENTS_FLUSH if flush is not None else TIMER_EVENTS
+    timing.wall_s = time.perf_counter() - started
+    return timing

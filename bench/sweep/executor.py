@@ -17,6 +17,7 @@ import torch
 
 from bench.config import BenchConfig
 from bench.measure.allocator import minor_faults, timing_regime
+from bench.measure.ceilings import matmul_tflops
 from bench.measure.flops import attention_flops, minimum_bytes
 from bench.measure.memory import (
     MemoryMeasurementUnavailable,
@@ -115,7 +116,8 @@ class Executor:
         self.profile_dir = profile_dir
         self.telemetry = telemetry
 
-    def run(self, config: BenchConfig, variant: Variant, timer: Timer | None = None) -> dict:
+    def run(self, config: BenchConfig, variant: Variant, timer: Timer | None = None, *,
+            flops: float | None = None) -> dict:
         """Measure ``config``; returns the measurement columns of its row (status, reason, times, memory...).
 
         ``workload_s`` is the time spent inside calls of the workload (warm-up, timed repeats, memory pass,
@@ -146,17 +148,16 @@ class Executor:
             try:
                 if timer is None:
                     timing = time_callable(fn, config.device, self.settings)
-                    row["timer"] = "do_bench/cuda" if config.device == "cuda" else "perf_counter"
                 else:
                     timing = timer(fn, warm_s / max(calls, 1))
-                    row["timer"] = "pytest-benchmark"
+                row["timer"] = timing.timer
             finally:
                 if sampler is not None:
                     sampler.__exit__(None, None, None)
                     row.update({f"gpu_{name}": value for name, value in sampler.summary().items()})
             faults = minor_faults() - faults_before
             allocator.close()
-            workload_s += timing.total_s
+            workload_s += timing.spent_s  # the timer's untimed calls and flushes included
             row.update(time_median_ms=timing.median_ms, time_p20_ms=timing.p20_ms, time_p80_ms=timing.p80_ms,
                        time_min_ms=timing.min_ms, time_iqr_ms=timing.iqr_ms, repeats=timing.repeats,
                        high_variance=is_high_variance(timing.median_ms, timing.iqr_ms))
@@ -184,7 +185,7 @@ class Executor:
                 row["profile_trace"] = str(paths["trace_path"])
                 row["profile_table"] = str(paths["table_path"])
                 workload_s += time.perf_counter() - mark
-            row.update(self._throughput(config, variant, timing))
+            row.update(self._throughput(config, variant, timing, flops))
         except Exception as exc:  # MemoryError included: classify_failure sorts out the statuses
             status, reason = classify_failure(exc)
             row = {"status": status, "reason": reason}
@@ -199,18 +200,19 @@ class Executor:
         row["workload_s"] = workload_s
         return row
 
-    def _throughput(self, config: BenchConfig, variant: Variant, timing: Timing) -> dict:
+    def _throughput(self, config: BenchConfig, variant: Variant, timing: Timing, flops: float | None) -> dict:
         shape = variant.flop_shape(config)
-        flops = attention_flops(shape, time_complexity=variant.time_complexity, causal=config.causal,
-                                pass_=config.pass_, chunk_size=variant.chunk_size)
+        if flops is None:  # a sweep passes the planner's count; a direct call counts here
+            flops = attention_flops(shape, time_complexity=variant.time_complexity, causal=config.causal,
+                                    pass_=config.pass_, chunk_size=variant.chunk_size)
         nbytes = minimum_bytes(shape, pass_=config.pass_, bytes_per_element=config.torch_dtype.itemsize)
         seconds = timing.median_ms / 1e3
         tflops = flops / seconds / 1e12
         gbps = nbytes / seconds / 1e9
         out = {"flops": flops, "tflops": tflops, "min_bytes": nbytes, "gbps": gbps,
                "tokens_per_s": config.batch * config.n / seconds}
-        if self.ceilings.get("matmul_tflops"):
-            out["frac_matmul_ceiling"] = tflops / self.ceilings["matmul_tflops"]
+        if ceiling := matmul_tflops(self.ceilings, config.dtype):  # this dtype's own ceiling
+            out["frac_matmul_ceiling"] = tflops / ceiling
         if self.ceilings.get("copy_gbps"):
             out["frac_copy_ceiling"] = gbps / self.ceilings["copy_gbps"]
         return out

@@ -1,32 +1,68 @@
-"""Plan a sweep: statuses known before running (unsupported, unavailable) and the budget check (over-budget).
+"""Plan a sweep: statuses known before running (unavailable, unsupported, error), FLOPs, and the budget
+(over-budget).
 
 The budget check predicts a config's per-call time and peak memory from the largest smaller config of the
 same series already measured in this run, scaled by the variant's complexity class (time ~ batch N^a,
 memory ~ batch N^b, a and b 2 for quadratic and 1 for linear), and never below what the FLOP formula at the
-measured matmul ceiling allows (time) or one float32 N x N matrix per head (memory of quadratic variants).
+measured matmul ceiling of the config's dtype allows (time) or one float32 N x N matrix per head (memory of
+quadratic variants). A config's cost is its calls (``CallModel``: warm-up, the timer's own untimed calls,
+timed calls, memory pass) at the predicted per-call time, plus a fixed cost per config for backends that
+compile per shape (``COMPILE_SECONDS``).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from bench.config import BenchConfig
 from bench.measure.flops import attention_flops
+from bench.measure.timing import (
+    CUDA_PROBE_CALLS,
+    DO_BENCH_UNTIMED_CALLS,
+    TIMER_DO_BENCH,
+    TimingSettings,
+    do_bench_rep_ms,
+)
 from bench.registry import get_variant
 from bench.sweep.presets import Limits, SweepSpec
 from bench.variant import Variant
 
 EXPONENT = {"quadratic": 2, "linear": 1}
 
+DO_BENCH_ESTIMATE_CALLS = 5
+"""do_bench's estimate calls, each after an L2 flush (triton/testing.py)."""
+MEMORY_PASS_CALLS = 1
+"""Calls of the peak-memory pass (bench.measure.memory.measure_peak_bytes)."""
+
+COMPILE_SECONDS: dict[tuple[str, str, str], float] = {
+    ("flex", "cpu", "fwd"): 18.0,
+    ("flex", "cuda", "fwd"): 10.0,
+    ("flex", "cuda", "fwd+bwd"): 20.0,
+}
+"""Fixed seconds per config for backends that compile one kernel per shape, by (backend, device, pass):
+FlexAttention under ``torch.compile(dynamic=False)`` compiles again for every new N, batch, D, dtype and pass.
+CPU: measured here, 17-18 s per new shape (docs/gpu-timing.md; FlexAttention has no CPU backward). CUDA: an
+estimate, not a measurement (docs/gpu-timing.md gives its basis); the first GPU run's flex rows replace it."""
+
 
 @dataclass(frozen=True)
 class Planned:
-    """A config with what is known before running it: status None means "run it"."""
+    """A config with what is known before running it: status None means "run it"; ``flops`` of one call by
+    ``bench.measure.flops`` (computed once, here, and stored in the row by the executor)."""
 
     config: BenchConfig
     variant: Variant
     status: str | None = None
     reason: str | None = None
+    flops: float | None = None
+
+
+def config_flops(config: BenchConfig, variant: Variant) -> float:
+    """FLOPs of one call of ``variant`` on ``config`` (bench.measure.flops formulas)."""
+    return attention_flops(variant.flop_shape(config), time_complexity=variant.time_complexity,
+                           causal=config.causal, pass_=config.pass_, chunk_size=variant.chunk_size)
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -43,8 +79,10 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return index, count
 
 
-def plan(spec: SweepSpec, shard: tuple[int, int] | None = None) -> list[Planned]:
-    """Every config of ``spec`` (every n-th of them for a shard), with unavailable/unsupported decided."""
+def plan(spec: SweepSpec, shard: tuple[int, int] | None = None, *, probe: bool = True) -> list[Planned]:
+    """Every config of ``spec`` (every n-th of them for a shard) in the spec's order, with unavailable and
+    unsupported decided. ``probe=False`` (a dry run for another machine) skips this machine's availability
+    probes and the backends' own support checks, keeping only the registry's device, dtype and causal lists."""
     configs = spec.configs()
     if shard is not None:
         index, count = shard
@@ -52,19 +90,72 @@ def plan(spec: SweepSpec, shard: tuple[int, int] | None = None) -> list[Planned]
     planned = []
     for config in configs:
         variant = get_variant(config.variant)
-        unavailable = variant.unavailable_reason()
-        if unavailable:
-            planned.append(Planned(config, variant, "unavailable", unavailable))
-            continue
-        unsupported = variant.unsupported_reason(config)
-        status = "unsupported" if unsupported else None
-        planned.append(Planned(config, variant, status, unsupported))
+        flops = config_flops(config, variant)
+        if probe:
+            verdict = variant.verdict(config)  # unavailable, unsupported, or error when a probe raised
+            status, reason = verdict.status, verdict.reason
+        else:  # planning for another machine: only what the registry declares
+            reason = _static_unsupported(config, variant)
+            status = "unsupported" if reason else None
+        planned.append(Planned(config, variant, status, reason, flops))
     return planned
+
+
+def _static_unsupported(config: BenchConfig, variant: Variant) -> str | None:
+    if config.device not in variant.devices:
+        return f"device {config.device!r} not supported (supports {list(variant.devices)})"
+    if config.dtype not in variant.dtypes:
+        return f"dtype {config.dtype!r} not supported (supports {list(variant.dtypes)})"
+    if config.causal not in variant.causal_modes:
+        return f"causal={config.causal} not supported"
+    return None
 
 
 def series_key(config: BenchConfig) -> tuple:
     """Configs that differ only in N (and the batch tied to it) form a series."""
     return (config.variant, config.device, config.dtype, config.pass_, config.causal, config.d, config.heads)
+
+
+def repeats_for(settings: TimingSettings, seconds_per_call: float) -> int:
+    """Timed calls of a timer that stops on the settings' limits (perf_counter, CUDA events, pytest rounds)
+    for calls of ``seconds_per_call``: at least ``min_repeats`` and ``min_time_s``, at most ``max_repeats``
+    and the call that crosses ``max_time_s``. The early stop on a known median is not predicted."""
+    t = max(seconds_per_call, 1e-9)
+    wanted = max(settings.min_repeats, math.ceil(settings.min_time_s / t))
+    return max(1, min(wanted, settings.max_repeats, math.ceil(settings.max_time_s / t)))
+
+
+@dataclass(frozen=True)
+class CallModel:
+    """How many calls one config makes, given its per-call time: the warm-up (``warmup``: at least
+    ``warmup_min_calls`` and ``warmup_min_s``), the timer's untimed calls (do_bench: the probe plus its own 7),
+    the timed calls, and the memory pass. ``timer`` is the ``timer`` value the executor will report;
+    ``flush_s`` the seconds of one L2 flush (do_bench flushes before its 5 estimate calls and every timed
+    call, and sizes its timed calls by the call plus the flush)."""
+
+    settings: TimingSettings
+    timer: str
+    flush_s: float = 0.0
+
+    def calls(self, seconds_per_call: float) -> dict[str, int]:
+        t = max(seconds_per_call, 1e-9)
+        warm = max(self.settings.warmup_min_calls, math.ceil(self.settings.warmup_min_s / t))
+        if self.timer == TIMER_DO_BENCH:
+            untimed = CUDA_PROBE_CALLS + DO_BENCH_UNTIMED_CALLS
+            timed = max(1, int(do_bench_rep_ms(self.settings, t * 1e3) / ((t + self.flush_s) * 1e3)))
+        else:
+            untimed, timed = 0, repeats_for(self.settings, t)
+        return {"warmup": warm, "untimed": untimed, "timed": timed, "memory": MEMORY_PASS_CALLS}
+
+    def total_calls(self, seconds_per_call: float) -> int:
+        return sum(self.calls(seconds_per_call).values())
+
+    def seconds(self, seconds_per_call: float) -> float:
+        """Predicted seconds of all the calls of one config, the flushes included."""
+        calls = self.calls(seconds_per_call)
+        flushes = calls["timed"] + (DO_BENCH_ESTIMATE_CALLS if self.timer == TIMER_DO_BENCH else 0)
+        flushed = self.flush_s if self.timer.endswith("l2flush") else 0.0
+        return seconds_per_call * sum(calls.values()) + flushed * flushes
 
 
 @dataclass(frozen=True)
@@ -77,16 +168,22 @@ class Prediction:
 class Budget:
     """Decides ``over-budget`` before a config runs.
 
-    calls_per_config: how many calls one config makes (warm-up, timed repeats at least, memory pass).
-    memory_limit: bytes one config may take at its peak. matmul_tflops: the measured ceiling (or None).
+    calls: the per-config call model. memory_limit: bytes one config may take at its peak. matmul_tflops:
+    the measured matmul ceiling by dtype name (missing dtypes: no FLOP floor).
     """
 
-    def __init__(self, limits: Limits, *, calls_per_config: int, memory_limit: int,
-                 matmul_tflops: float | None) -> None:
+    def __init__(self, limits: Limits, *, calls: CallModel, memory_limit: int,
+                 matmul_tflops: Mapping[str, float] | None) -> None:
         self.limits = limits
-        self.calls_per_config = calls_per_config
+        self.calls = calls
         self.memory_limit = memory_limit
-        self.matmul_tflops = matmul_tflops
+        self.matmul_tflops = dict(matmul_tflops or {})
+
+    def config_seconds(self, planned: Planned, seconds_per_call: float) -> float:
+        """Predicted seconds of one config: its calls plus the backend's compile time, if it compiles."""
+        config = planned.config
+        fixed = COMPILE_SECONDS.get((planned.variant.backend, config.device, config.pass_), 0.0)
+        return self.calls.seconds(seconds_per_call) + fixed
 
     def predict(self, planned: Planned, measured: list[dict]) -> Prediction:
         """Per-call seconds and peak bytes of ``planned`` from ``measured`` rows of smaller N (same series)."""
@@ -96,9 +193,9 @@ class Budget:
                    and series_key(_row_config(r)) == key]
         time_exp = EXPONENT[variant.time_complexity]
         mem_exp = EXPONENT[variant.memory_complexity]
-        flops = attention_flops(variant.flop_shape(config), time_complexity=variant.time_complexity,
-                                causal=config.causal, pass_=config.pass_, chunk_size=variant.chunk_size)
-        floor_s = flops / (self.matmul_tflops * 1e12) if self.matmul_tflops else None
+        flops = planned.flops if planned.flops is not None else config_flops(config, variant)
+        tflops = self.matmul_tflops.get(config.dtype)
+        floor_s = flops / (tflops * 1e12) if tflops else None
         floor_bytes = (4.0 * config.batch * config.heads * config.n**2
                        if variant.memory_complexity == "quadratic" else None)
         if not smaller:
@@ -120,28 +217,32 @@ class Budget:
     def check(self, planned: Planned, measured: list[dict], elapsed_s: float) -> tuple[str | None, Prediction]:
         """(reason, prediction): reason is None when the config fits the limits."""
         pred = self.predict(planned, measured)
+        return self.decide(planned, pred, measured, elapsed_s), pred
+
+    def decide(self, planned: Planned, pred: Prediction, measured: list[dict], elapsed_s: float) -> str | None:
+        """Why ``planned`` with prediction ``pred`` must not run after ``elapsed_s`` seconds, or None."""
         failed = [r for r in measured if r.get("status") in ("oom", "over-budget") and r["n"] < planned.config.n
                   and series_key(_row_config(r)) == series_key(planned.config)]
         if failed:
             first = min(failed, key=lambda r: r["n"])
-            return (f"N={first['n']} of this series was {first['status']}; a larger N needs more", pred)
+            return f"N={first['n']} of this series was {first['status']}; a larger N needs more"
         if pred.peak_bytes is not None and pred.peak_bytes > self.memory_limit:
             return (f"predicted peak memory {pred.peak_bytes / 2**30:.2f} GiB ({pred.basis}) exceeds the "
-                    f"limit of {self.memory_limit / 2**30:.2f} GiB", pred)
+                    f"limit of {self.memory_limit / 2**30:.2f} GiB")
         if pred.seconds_per_call is not None:
-            config_s = pred.seconds_per_call * self.calls_per_config
+            config_s = self.config_seconds(planned, pred.seconds_per_call)
+            calls = self.calls.total_calls(pred.seconds_per_call)
             if config_s > self.limits.config_seconds:
-                return (f"predicted {config_s:.1f} s for this config ({self.calls_per_config} calls of "
+                return (f"predicted {config_s:.1f} s for this config ({calls} calls of "
                         f"{pred.seconds_per_call * 1e3:.3g} ms; {pred.basis}) exceeds the per-config limit "
-                        f"of {self.limits.config_seconds:g} s", pred)
+                        f"of {self.limits.config_seconds:g} s")
             if elapsed_s + config_s > self.limits.total_seconds:
                 return (f"predicted {config_s:.1f} s for this config would end the run after "
                         f"{elapsed_s + config_s:.0f} s, past its total limit of "
-                        f"{self.limits.total_seconds:g} s", pred)
+                        f"{self.limits.total_seconds:g} s")
         elif elapsed_s > self.limits.total_seconds:
-            return (f"the run has used {elapsed_s:.0f} s of its total limit of "
-                    f"{self.limits.total_seconds:g} s", pred)
-        return None, pred
+            return f"the run has used {elapsed_s:.0f} s of its total limit of {self.limits.total_seconds:g} s"
+        return None
 
 
 def _row_config(row: dict) -> BenchConfig:

@@ -73,11 +73,13 @@ class SweepSpec:
         return self.batch
 
     def configs(self) -> list[BenchConfig]:
-        """Every config, ordered so that within a series (variant, dtype, pass, causal, d) N grows: the
-        planner predicts a config from the smaller ones of its series measured before it."""
+        """Every config, interleaved by N: every variant, dtype, pass, causal mode and D at the smallest N,
+        then all of them at the next N, and so on. A run that stops early (time limit, a kill) has covered
+        every variant up to some N rather than some variants at every N; within a series N still grows, so
+        the planner predicts each config from the smaller ones of its series measured before it."""
         out = []
-        for variant, dtype, pass_, causal, d, n in itertools.product(
-                self.variants, self.dtype, self.passes, self.causal, self.d, self.n):
+        for n, variant, dtype, pass_, causal, d in itertools.product(
+                sorted(self.n), self.variants, self.dtype, self.passes, self.causal, self.d):
             out.append(BenchConfig(variant=variant, n=n, d=d, batch=self.batch_for(n), heads=self.heads,
                                    dtype=dtype, causal=causal, pass_=pass_, device=self.device))
         return out

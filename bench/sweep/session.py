@@ -15,13 +15,13 @@ from pathlib import Path
 
 import torch
 
-from bench.measure.ceilings import measure_ceilings
+from bench.measure.ceilings import matmul_tflops, measure_ceilings
 from bench.measure.environment import collect_environment
 from bench.measure.memory import available_memory_bytes
-from bench.measure.timing import TimingSettings
+from bench.measure.timing import DO_BENCH_FLUSH_BYTES, TimingSettings, cuda_timer_name
 from bench.record import make_row
 from bench.sweep.executor import Executor, Timer
-from bench.sweep.planner import Budget, Planned, parse_shard, plan
+from bench.sweep.planner import Budget, CallModel, Planned, parse_shard, plan
 from bench.sweep.presets import SweepSpec
 from bench.sweep.store import DEFAULT_RESULTS_DIR, RunStore
 
@@ -40,12 +40,24 @@ def timing_settings(spec: SweepSpec) -> TimingSettings:
     return TimingSettings(**{**base.__dict__, **spec.timing})
 
 
+def call_model(device: str, settings: TimingSettings, *, timer: str | None = None,
+               copy_gbps: float | None = None) -> CallModel:
+    """The planner's call model for the timer the CLI runs on ``device`` (or the named ``timer``); an L2
+    flush is taken to write DO_BENCH_FLUSH_BYTES at the measured copy rate ``copy_gbps``."""
+    if timer is None:
+        timer = cuda_timer_name(settings) if device == "cuda" else "perf_counter"
+    flush_s = DO_BENCH_FLUSH_BYTES / (copy_gbps * 1e9) if copy_gbps and device == "cuda" else 0.0
+    return CallModel(settings, timer, flush_s)
+
+
 class Sweep:
     """One session of a run. ``run_id=None`` starts a new run; an existing id resumes it."""
 
     def __init__(self, spec: SweepSpec, *, results_dir: str | Path = DEFAULT_RESULTS_DIR,
                  run_id: str | None = None, shard: str | None = None, profile: bool = False,
-                 measure_ceilings_now: bool = True) -> None:
+                 measure_ceilings_now: bool = True, timer: str | None = None) -> None:
+        """``timer``: the ``timer`` value the front end's timer will report (the planner counts that timer's
+        calls); None for the CLI's own (``time_callable``)."""
         self.spec = spec
         self.store = RunStore(results_dir, run_id or new_run_id())
         self.run_id = self.store.run_id
@@ -62,9 +74,10 @@ class Sweep:
         self.device_name = env.get("device_name") or spec.device
         memory_limit = spec.limits.memory_bytes or int(spec.limits.memory_fraction
                                                        * available_memory_bytes(spec.device))
-        calls = self.settings.warmup_min_calls + self.settings.min_repeats + 1
-        self.budget = Budget(spec.limits, calls_per_config=calls, memory_limit=memory_limit,
-                             matmul_tflops=self.ceilings.get("matmul_tflops"))
+        calls = call_model(spec.device, self.settings, timer=timer, copy_gbps=self.ceilings.get("copy_gbps"))
+        self.timer_name = calls.timer
+        self.budget = Budget(spec.limits, calls=calls, memory_limit=memory_limit,
+                             matmul_tflops={dtype: matmul_tflops(self.ceilings, dtype) for dtype in spec.dtype})
         self.executor = Executor(self.settings, ceilings=self.ceilings, seed=spec.seed,
                                  profile_dir=self.store.path / "profiles" if profile else None)
         self.planned = plan(spec, self.shard)
@@ -74,13 +87,21 @@ class Sweep:
         self.started = time.perf_counter()
 
     def _ceilings(self, measure: bool) -> dict:
-        """Ceilings are measured once per run: a resumed run reuses the first session's."""
+        """Ceilings are measured once per run, the matmul for each of the spec's dtypes: a resumed run reuses
+        the first session's and measures only dtypes it lacks."""
+        stored: dict = {}
         for session in self.store.environment()["sessions"]:
             if session.get("ceilings"):
-                return session["ceilings"]
-        if not measure:
-            return {}
-        return measure_ceilings(self.spec.device, self.spec.dtype[0])
+                stored = session["ceilings"]
+                break
+        missing = [d for d in self.spec.dtype if stored.get("copy_gbps") is None
+                   or matmul_tflops(stored, d) is None]
+        if not measure or not missing:
+            return stored
+        fresh = measure_ceilings(self.spec.device, missing)
+        if stored.get("copy_gbps") is None:
+            return fresh
+        return {**stored, "matmul": {**stored.get("matmul", {}), **fresh["matmul"]}}
 
     def pending(self) -> list[Planned]:
         """Planned configs without a row yet (all of them in a new run)."""
@@ -99,7 +120,7 @@ class Sweep:
             reason, prediction = self.budget.check(planned, self.rows, time.perf_counter() - self.started)
             status = "over-budget" if reason else None
         if status is None:
-            measured = self.executor.run(config, variant, timer)
+            measured = self.executor.run(config, variant, timer, flops=planned.flops)
             status, reason = measured.pop("status"), measured.pop("reason")
         values = {
             "run_id": self.run_id, "key": config.key, **config.as_row(),

@@ -1,0 +1,277 @@
+"""``python -m bench selfcheck``: every check that needs the machine's own device, in one command.
+
+On a GPU it runs, in one go: the whole test suite (its CUDA tests included), the equivalence table of every GPU
+backend against its oracle (forward and gradients, with max errors), a short sweep through both front ends whose
+medians must agree with an independent timer within 10% (``triton.testing.do_bench`` on a GPU,
+``torch.utils.benchmark.Timer`` on a CPU), the peak-memory check and the NVML telemetry check. On a CPU it runs
+the same checks; those that need a GPU say ``unavailable`` with the reason. It ends with one table of
+pass / fail / unavailable and exits 1 when anything failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+AGREEMENT = 0.10
+"""Largest relative difference allowed between a front end's median and the independent timer's."""
+MEMORY_TOLERANCE = 0.05
+CHECK_STATUSES = ("pass", "fail", "unavailable")
+
+
+@dataclass
+class Check:
+    """One line of the self-check table."""
+
+    group: str
+    name: str
+    status: str
+    detail: str = ""
+
+    def __post_init__(self) -> None:
+        if self.status not in CHECK_STATUSES:
+            raise ValueError(f"check status must be one of {CHECK_STATUSES}, got {self.status!r}")
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _no_gpu_reason() -> str:
+    return f"no CUDA GPU here (torch {torch.__version__}, torch.cuda.is_available() is False)"
+
+
+# ---- 1. the test suite ------------------------------------------------------------------------------------
+
+
+def check_tests(paths: tuple[str, ...] = ("tests",)) -> list[Check]:
+    """Run the unit tests in a subprocess and summarise them: failures by name, CUDA-only tests counted apart."""
+    with tempfile.TemporaryDirectory() as tmp:
+        junit = Path(tmp) / "junit.xml"
+        command = [sys.executable, "-m", "pytest", *paths, "-q", "-p", "no:cacheprovider", f"--junitxml={junit}"]
+        started = time.perf_counter()
+        proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
+        seconds = time.perf_counter() - started
+        if not junit.exists():
+            return [Check("tests", "pytest", "fail", f"pytest exited {proc.returncode} without a report: "
+                          f"{proc.stdout[-500:]}{proc.stderr[-500:]}")]
+        cases = ET.parse(junit).getroot().iter("testcase")
+        passed, failed, cuda_skipped, other_skipped = 0, [], 0, 0
+        for case in cases:
+            name = f"{case.get('classname')}::{case.get('name')}"
+            if case.find("failure") is not None or case.find("error") is not None:
+                failed.append(name)
+            elif (skip := case.find("skipped")) is not None:
+                if "cuda" in (skip.get("message") or "").lower() or "gpu" in (skip.get("message") or "").lower():
+                    cuda_skipped += 1
+                else:
+                    other_skipped += 1
+            else:
+                passed += 1
+    out = [Check("tests", "test suite", "fail" if failed else "pass",
+                 f"{passed} passed, {len(failed)} failed, {other_skipped} skipped for other reasons, "
+                 f"in {seconds:.0f} s" + (f"; failed: {', '.join(failed[:10])}" if failed else ""))]
+    if cuda_skipped:
+        out.append(Check("tests", "CUDA-only tests", "unavailable", f"{cuda_skipped} skipped: {_no_gpu_reason()}"))
+    elif torch.cuda.is_available():
+        out.append(Check("tests", "CUDA-only tests", "fail" if failed else "pass", "ran with the suite above"))
+    return out
+
+
+# ---- 2. equivalence of every GPU backend with its oracle -----------------------------------------------------
+
+
+def check_equivalence(device: str) -> list[Check]:
+    """Forward and gradient errors of every FlashAttention-family and fla backend against its oracle."""
+    from bench.equivalence import equivalence_rows
+
+    checks = []
+    for row in equivalence_rows(device):
+        status = {"pass": "pass", "fail": "fail", "error": "fail"}.get(row.status, "unavailable")
+        checks.append(Check("equivalence", f"{row.name} {row.dtype} {row.shape}", status, row.describe()))
+    return checks
+
+
+# ---- 3. both front ends against an independent timer ---------------------------------------------------------
+
+
+def _selfcheck_preset(device: str, directory: Path) -> Path:
+    """A tiny sweep: the fastest and the exact-softmax family at one N, through both front ends."""
+    if device == "cuda":
+        variants, dtype, passes = ['"flash@sdpa-flash"', '"linear@torch-chunked"'], "bfloat16", '"fwd", "fwd+bwd"'
+    else:
+        variants, dtype, passes = ['"linear@torch-chunked"'], "float32", '"fwd"'
+    n = 4096
+    path = directory / "selfcheck.toml"
+    path.write_text(
+        f'description = "selfcheck"\ndevice = "{device}"\nvariants = [{", ".join(variants)}]\nn = [{n}]\n'
+        f'd = [64]\nheads = 4\nbatch = 1\ndtype = ["{dtype}"]\ncausal = [true]\npass = [{passes}]\n\n'
+        f"[limits]\nconfig_seconds = 60\ntotal_seconds = 300\n")
+    return path
+
+
+def _independent_ms(config, variant, seed: int) -> tuple[float, str]:
+    """The median of the same workload by a timer the suite does not use for its rows."""
+    from bench.sweep.executor import make_inputs, make_workload
+
+    core = variant.build(config, seed=seed)
+    q, k, v = make_inputs(config, seed)
+    fn = make_workload(core, q, k, v, config.pass_)
+    if config.device == "cuda":
+        from triton.testing import do_bench
+
+        return float(do_bench(fn, warmup=100, rep=500, return_mode="median")), "triton.testing.do_bench"
+    from torch.utils.benchmark import Timer
+
+    fn()
+    measurement = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()).blocked_autorange(
+        min_run_time=1.0)
+    return measurement.median * 1e3, "torch.utils.benchmark.Timer.blocked_autorange"
+
+
+def check_front_ends(device: str) -> list[Check]:
+    """A short sweep through ``python -m bench run``'s path and through ``pytest bench/ --benchmark``; each
+    median must be within AGREEMENT of an independent timer's median of the same workload."""
+    from bench.registry import get_variant
+    from bench.sweep.presets import load_spec
+    from bench.sweep.session import Sweep
+    from bench.sweep.store import RunStore
+
+    checks = []
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        preset = _selfcheck_preset(device, directory)
+        cli_sweep = Sweep(load_spec(str(preset)), results_dir=directory, run_id="cli")
+        for planned in cli_sweep.pending():
+            cli_sweep.run_one(planned)
+        command = [sys.executable, "-m", "pytest", "bench/test_sweep.py", "--benchmark", "--preset", str(preset),
+                   "--results-dir", str(directory), "--run-id", "pytest", "-q", "-p", "no:cacheprovider"]
+        proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            checks.append(Check("front ends", "pytest bench/ --benchmark", "fail",
+                                f"exit {proc.returncode}: {proc.stdout[-400:]}"))
+        fronts = {"python -m bench run": RunStore(directory, "cli").rows(),
+                  "pytest bench/ --benchmark": RunStore(directory, "pytest").rows()}
+        for planned in cli_sweep.planned:
+            config = planned.config
+            independent, how = _independent_ms(config, get_variant(config.variant), cli_sweep.spec.seed)
+            for front, rows in fronts.items():
+                row = next((r for r in rows if r["key"] == config.key), None)
+                name = f"{front}: {config.key}"
+                if row is None or row["status"] != "ok":
+                    checks.append(Check("front ends", name, "fail",
+                                        f"no ok row: {row and row['status']}: {row and row['reason']}"))
+                    continue
+                ratio = row["time_median_ms"] / independent
+                status = "pass" if abs(ratio - 1) <= AGREEMENT else "fail"
+                checks.append(Check("front ends", name, status,
+                                    f"{row['time_median_ms']:.3f} ms ({row['timer']}) vs {independent:.3f} ms "
+                                    f"({how}): ratio {ratio:.3f}, allowed 1 +- {AGREEMENT:.2f}"))
+    return checks
+
+
+# ---- 4. memory and telemetry ---------------------------------------------------------------------------------
+
+
+def check_memory(device: str) -> list[Check]:
+    """A call that holds exactly 64 MiB at its peak must measure 64 MiB within MEMORY_TOLERANCE."""
+    from bench.measure.memory import MemoryMeasurementUnavailable, measure_peak_bytes
+
+    nbytes = 64 * 2**20
+
+    def allocate() -> None:
+        block = torch.ones(nbytes // 4, dtype=torch.float32, device=device)  # ones: the pages are touched
+        del block
+
+    try:
+        measure_peak_bytes(allocate, device)  # first call: lazy initialisation stays out of the reading
+        peak = measure_peak_bytes(allocate, device)
+    except MemoryMeasurementUnavailable as exc:
+        return [Check("memory", f"peak of a 64 MiB allocation on {device}", "unavailable", str(exc))]
+    error = abs(peak - nbytes) / nbytes
+    status = "pass" if error <= MEMORY_TOLERANCE else "fail"
+    return [Check("memory", f"peak of a 64 MiB allocation on {device}", status,
+                  f"measured {peak / 2**20:.2f} MiB ({error:.1%} off, allowed {MEMORY_TOLERANCE:.0%})")]
+
+
+def check_telemetry(device: str) -> list[Check]:
+    """NVML samples clocks and power while the GPU works."""
+    if device != "cuda":
+        return [Check("telemetry", "NVML sampling", "unavailable", _no_gpu_reason())]
+    from bench.measure.telemetry import TelemetrySampler
+
+    a = torch.randn(4096, 4096, device=device)
+    with TelemetrySampler(interval_s=0.02) as sampler:
+        end = time.perf_counter() + 0.5
+        while time.perf_counter() < end:
+            a @ a
+        torch.cuda.synchronize()
+    if sampler.unavailable_reason:
+        return [Check("telemetry", "NVML sampling", "unavailable", sampler.unavailable_reason)]
+    summary = sampler.summary()
+    ok = summary.get("samples", 0) >= 3 and summary.get("sm_clock_mhz_max", 0) > 0
+    return [Check("telemetry", "NVML sampling", "pass" if ok else "fail",
+                  ", ".join(f"{k}={v:.4g}" for k, v in summary.items() if k.endswith(("max", "samples"))))]
+
+
+# ---- the command ---------------------------------------------------------------------------------------------
+
+GROUPS: dict[str, Callable[[str], list[Check]]] = {
+    "tests": lambda device: check_tests(),
+    "equivalence": check_equivalence,
+    "front-ends": check_front_ends,
+    "memory": check_memory,
+    "telemetry": check_telemetry,
+}
+
+
+def run_selfcheck(groups: list[str] | None = None) -> list[Check]:
+    """Run the named groups (all by default); an exception inside a group is that group's failure."""
+    device = _device()
+    chosen = groups or list(GROUPS)
+    unknown = sorted(set(chosen) - set(GROUPS))
+    if unknown:
+        raise ValueError(f"unknown selfcheck groups {unknown}; allowed: {list(GROUPS)}")
+    checks: list[Check] = []
+    for group in chosen:
+        print(f"selfcheck: {group} ...", file=sys.stderr, flush=True)
+        try:
+            checks.extend(GROUPS[group](device))
+        except Exception as exc:  # a broken check is a failed check, shown with its exception
+            checks.append(Check(group, group, "fail", f"{type(exc).__name__}: {exc}"))
+    return checks
+
+
+def table(checks: list[Check]) -> str:
+    frame = pd.DataFrame([c.__dict__ for c in checks])
+    with pd.option_context("display.max_colwidth", 160, "display.width", 250):
+        return frame.to_string(index=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench selfcheck", description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default=None, help=f"comma list of groups: {','.join(GROUPS)}")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    checks = run_selfcheck(args.only.split(",") if args.only else None)
+    print(table(checks))
+    counts = pd.Series([c.status for c in checks]).value_counts().to_dict()
+    print("\n" + ", ".join(f"{counts.get(s, 0)} {s}" for s in CHECK_STATUSES)
+          + f"  (device: {_device()}{'' if _device() == 'cuda' else '; the GPU half is unavailable here'})")
+    return 1 if counts.get("fail") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
