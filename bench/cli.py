@@ -165,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--into", required=True, help="run id of the merged run")
     merge.add_argument("--results-dir", dest="results_dir", default=None)
     merge.set_defaults(handler=_merge)
+
+    from bench import selfcheck
+
+    check = commands.add_parser("selfcheck", help="tests, oracle equivalence, timer agreement, memory and NVML "
+                                "checks on this machine's device, as one pass/fail/unavailable table")
+    selfcheck.add_arguments(check)
+    check.set_defaults(handler=selfcheck.run)
     return parser
 
 

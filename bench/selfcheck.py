@@ -135,9 +135,13 @@ def _independent_ms(config, variant, seed: int) -> tuple[float, str]:
         return float(do_bench(fn, warmup=100, rep=500, return_mode="median")), "triton.testing.do_bench"
     from torch.utils.benchmark import Timer
 
-    fn()
-    measurement = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()).blocked_autorange(
-        min_run_time=1.0)
+    from bench.measure.allocator import timing_regime
+
+    # The same allocator regime as the rows: the check is of the timers, not of glibc's page faults.
+    with timing_regime(config.device):
+        fn()
+        timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+        measurement = timer.blocked_autorange(min_run_time=1.0)
     return measurement.median * 1e3, "torch.utils.benchmark.Timer.blocked_autorange"
 
 
@@ -260,17 +264,26 @@ def table(checks: list[Check]) -> str:
         return frame.to_string(index=False)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench selfcheck", description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default=None, help=f"comma list of groups: {','.join(GROUPS)}")
-    args = parser.parse_args(argv)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--only", default=None, help=f"comma list of groups: {','.join(GROUPS)} (default: all)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the checks, print the table; 1 when any check failed."""
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     checks = run_selfcheck(args.only.split(",") if args.only else None)
     print(table(checks))
     counts = pd.Series([c.status for c in checks]).value_counts().to_dict()
+    device = _device()
     print("\n" + ", ".join(f"{counts.get(s, 0)} {s}" for s in CHECK_STATUSES)
-          + f"  (device: {_device()}{'' if _device() == 'cuda' else '; the GPU half is unavailable here'})")
+          + f"  (device: {device}{'' if device == 'cuda' else '; the GPU half is unavailable here'})")
     return 1 if counts.get("fail") else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench selfcheck", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
