@@ -24,7 +24,7 @@ class Run:
 def load_run(path: str | Path) -> Run:
     """The run stored in directory ``path`` (``<results>/<run_id>``). Raises ValueError when ``path`` holds
     no ``rows.jsonl``."""
-    path = Path(path)
+    path = Path(path).resolve()  # "." or a trailing slash still names the run directory
     if not (path / ROWS_FILE).is_file():
         raise ValueError(f"{str(path)!r} is not a run directory (no {ROWS_FILE} in it)")
     store = RunStore(path.parent, path.name)

@@ -222,7 +222,7 @@ def compare_section(frame: pd.DataFrame, baseline: pd.DataFrame, baseline_label:
 def failures_section(frame: pd.DataFrame) -> str:
     if "status" not in frame:
         return "<p class='note'>No status column.</p>"
-    failed = frame[frame["status"] != "ok"]
+    failed = frame[frame["status"].fillna("") != "ok"]
     if failed.empty:
         return "<p>Every row is ok.</p>"
     columns = [c for c in ("run_id", "status", "variant", "n", "d", "pass", "dtype", "eval_len", "reason")
