@@ -69,9 +69,10 @@ def _fmt_number(value: object) -> str:
 
 
 def table(frame: pd.DataFrame, *, css_class: str = "", styles: pd.DataFrame | None = None,
-          precision: int = 4) -> str:
+          precision: int = 4, text_width: str = "20em") -> str:
     """A DataFrame as an HTML table through pandas' Styler: cells, index and headers HTML-escaped,
-    floats to ``precision`` significant digits, missing values blank, ``styles`` (CSS classes per cell)."""
+    floats to ``precision`` significant digits, missing values blank, ``styles`` (CSS classes per cell);
+    free-text columns (reasons, notes) wrap at no less than ``text_width``."""
     if frame.empty:
         return "<p class='note'>(none)</p>"
     frame = frame.reset_index(drop=True)
@@ -84,9 +85,10 @@ def table(frame: pd.DataFrame, *, css_class: str = "", styles: pd.DataFrame | No
                     or pd.api.types.is_bool_dtype(frame[c])]
     if text_columns:
         styler = styler.set_properties(subset=text_columns, **{"text-align": "left", "white-space": "nowrap"})
-    wrapped = [c for c in ("reason", "note", "formula", "meaning", "value") if c in frame]
+    wrapped = [c for c in ("reason", "crossover N*, tokens", "formula", "meaning", "value") if c in frame]
     if wrapped:  # long free text wraps in a wide column instead of stretching its rows
-        styler = styler.set_properties(subset=wrapped, **{"min-width": "24em", "white-space": "normal"})
+        styler = styler.set_properties(subset=wrapped, **{"min-width": text_width, "max-width": "44em",
+                                                          "white-space": "normal"})
     styler = styler.set_table_attributes(f'class="{esc(css_class)}"' if css_class else "")
     return f"<div class='scroll'>{styler.to_html()}</div>"
 
@@ -167,10 +169,11 @@ def _crossover_display(cross: pd.DataFrame) -> pd.DataFrame:
 
     keys = [c for c in cross.columns if c in analysis.PANEL_BASE + analysis.PANEL_EXTRA]
     out = cross[[*keys, "linear variant"]].copy()
-    out["crossover N*, tokens"] = cross["N*"].map(lambda v: "" if pd.isna(v) else f"{v:.0f}")
+    # One column for the answer: N* where there is one, else why not (it then needs no measured points).
+    out["crossover N*, tokens"] = [f"{row['N*']:.0f}" if pd.notna(row["N*"]) else row["note"]
+                                   for _, row in cross.iterrows()]
     out["measured below N*"] = [side(row, "below") for _, row in cross.iterrows()]
     out["measured above N*"] = [side(row, "above") for _, row in cross.iterrows()]
-    out["note"] = cross["note"]
     return out
 
 
@@ -238,7 +241,7 @@ def rows_section(frame: pd.DataFrame) -> str:
     return (f"<p>{len(frame)} rows, the {len(columns)} columns that have a value; units are in the column "
             "names (_ms, _bytes, _s) and in the column legend.</p>"
             "<details><summary>what each column means, with its unit (bench.record)</summary>" + table(legend)
-            + "</details>" + table(shown, css_class="rows"))
+            + "</details>" + table(shown, css_class="rows", text_width="40em"))
 
 
 def flops_section() -> str:
