@@ -189,8 +189,9 @@ def compare(new: pd.DataFrame, old: pd.DataFrame) -> tuple[pd.DataFrame, pd.Data
     """Match configs by ``key`` (and device name when both have it): (matched, only in one).
 
     matched: key, variant, N, both statuses, both median times, ``time ratio`` new/old, both peaks, the
-    peak change in MiB and ``memory ratio``, and ``verdict`` per quantity (regression, improvement or
-    empty) by the bounds above. only in one: key, variant, N, status, and which run has it.
+    peak change in MiB and ``memory ratio``, and a verdict (regression, improvement or empty) for time and
+    memory by the bounds above, and for the status (ok -> not ok is a regression, the reverse an improvement).
+    only in one: key, variant, N, status, and which run has it.
     """
     match = ["key"] + (["device_name"] if "device_name" in new and "device_name" in old else [])
     if new.empty or old.empty or "key" not in new or "key" not in old:
@@ -211,8 +212,12 @@ def compare(new: pd.DataFrame, old: pd.DataFrame) -> tuple[pd.DataFrame, pd.Data
     out["peak new, MiB"] = matched["peak_mem_bytes new"] / mib
     out["peak change, MiB"] = out["peak new, MiB"] - out["peak old, MiB"]
     out["memory ratio"] = out["peak new, MiB"] / out["peak old, MiB"].where(out["peak old, MiB"] > 0)
-    out["time"] = _verdicts(out["time ratio"], TIME_REGRESSION, TIME_IMPROVEMENT)
-    out["memory"] = _verdicts(out["memory ratio"], MEMORY_REGRESSION, MEMORY_IMPROVEMENT)
+    out["time verdict"] = _verdicts(out["time ratio"], TIME_REGRESSION, TIME_IMPROVEMENT)
+    out["memory verdict"] = _verdicts(out["memory ratio"], MEMORY_REGRESSION, MEMORY_IMPROVEMENT)
+    was_ok, is_ok = out["status old"] == "ok", out["status new"] == "ok"
+    out["status verdict"] = ""
+    out.loc[was_ok & ~is_ok, "status verdict"] = "regression"
+    out.loc[~was_ok & is_ok, "status verdict"] = "improvement"
     lone = both[both["_merge"] != "both"]
     only = pd.DataFrame({
         "key": lone["key"],
@@ -221,7 +226,8 @@ def compare(new: pd.DataFrame, old: pd.DataFrame) -> tuple[pd.DataFrame, pd.Data
         "status": lone["status new"].fillna(lone["status old"]),
         "only in": lone["_merge"].map({"left_only": "new runs", "right_only": "baseline"}).astype(str),
     })
-    return out.sort_values("key").reset_index(drop=True), only.sort_values("key").reset_index(drop=True)
+    return (out.sort_values(["variant", "N", "key"]).reset_index(drop=True),
+            only.sort_values(["variant", "N", "key"]).reset_index(drop=True))
 
 
 def _verdicts(ratio: pd.Series, regression: float, improvement: float) -> pd.Series:

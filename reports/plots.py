@@ -74,10 +74,15 @@ def format_value(y: float, _pos: object = None) -> str:
 
 
 def _log_y(ax: plt.Axes) -> None:
+    """Log y axis with plain-number labels; within less than two decades the 2x and 5x ticks are labelled
+    too, so that a narrow range still has several labelled ticks. Call after plotting (reads the data)."""
     ax.set_yscale("log")
     ax.yaxis.set_major_locator(LogLocator(base=10, numticks=12))
     ax.yaxis.set_major_formatter(FuncFormatter(format_value))
-    ax.yaxis.set_minor_formatter(NullFormatter())
+    low, high = ax.dataLim.intervaly
+    narrow = low > 0 and high / low < 100
+    ax.yaxis.set_minor_locator(LogLocator(base=10, subs=(2.0, 3.0, 5.0) if narrow else "auto", numticks=12))
+    ax.yaxis.set_minor_formatter(FuncFormatter(format_value) if narrow else NullFormatter())
 
 
 def _styles(variants: list[str]) -> dict[str, dict]:
@@ -203,7 +208,7 @@ def extrapolation_figure(frame: pd.DataFrame) -> bytes | None:
                             xytext=(3, -12), textcoords="offset points", fontsize=7.5, color="dimgrey")
             _n_axis(ax, [float(n) for n in panel["eval_len"]] + [float(t) for t in train_lens])
             ax.set_xlabel("evaluation length, tokens")
-            ax.set_yscale("log")
+            _log_y(ax)
             ax.set_ylabel("perplexity, exp(mean loss per token)")
             ax.set_title(f"extrapolation: {protocol}" if protocol else "extrapolation")
             _legend(ax, len(ax.get_legend_handles_labels()[1]))

@@ -205,16 +205,23 @@ def compare_section(frame: pd.DataFrame, baseline: pd.DataFrame, baseline_label:
     parts = [f"<p>Baseline: {esc(baseline_label)}. Time ratio = new median / baseline median; memory ratio = "
              f"new peak / baseline peak. Regression: time ratio above {analysis.TIME_REGRESSION:g} or memory "
              f"ratio above {analysis.MEMORY_REGRESSION:g}; improvement: below {analysis.TIME_IMPROVEMENT:g} or "
-             f"{analysis.MEMORY_IMPROVEMENT:g}.</p>"]
+             f"{analysis.MEMORY_IMPROVEMENT:g}; a config that was ok and is not (or the reverse) is marked in its "
+             "status.</p>"]
     if matched.empty:
         parts.append("<p class='note'>No config is in both.</p>")
     else:
+        # The key repeats the variant and N; it is shown only where those two do not tell configs apart.
+        if not matched.duplicated(["variant", "N"]).any():
+            matched = matched.drop(columns="key")
         styles = pd.DataFrame("", index=matched.index, columns=matched.columns)
-        for verdict_column, cells in (("time", ["time ratio", "time"]), ("memory", ["memory ratio", "memory"])):
+        verdicts = {"time verdict": ["time ratio", "time verdict"],
+                    "memory verdict": ["memory ratio", "memory verdict"],
+                    "status verdict": ["status new", "status verdict"]}
+        for verdict_column, cells in verdicts.items():
             for verdict in ("regression", "improvement"):
                 styles.loc[matched[verdict_column] == verdict, cells] = verdict
-        n_reg = int((matched[["time", "memory"]] == "regression").any(axis=1).sum())
-        n_imp = int((matched[["time", "memory"]] == "improvement").any(axis=1).sum())
+        n_reg = int((matched[list(verdicts)] == "regression").any(axis=1).sum())
+        n_imp = int((matched[list(verdicts)] == "improvement").any(axis=1).sum())
         parts.append(f"<p>{len(matched)} configs in both: {n_reg} with a regression, {n_imp} with an "
                      "improvement.</p>")
         parts.append(table(matched, styles=styles))

@@ -4,12 +4,19 @@
 #   cpu-long.html  the cpu-long preset (256..64k; the linear variants reach 64k)
 #   full.html      the full preset, only when a GPU is visible (torch.cuda.is_available())
 # Usage: scripts/make_samples.sh [PYTHON]   (default: python). Runs take ~1 + ~5 minutes on 2 CPU cores.
+# SAMPLE_RESULTS=DIR keeps the runs in DIR (else a temporary directory, removed at the end); a second call
+# with the same DIR resumes the finished runs (nothing left to do) and only renders the reports again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${1:-python}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-RESULTS=$(mktemp -d)
-trap 'rm -rf "$RESULTS"' EXIT
+if [ -n "${SAMPLE_RESULTS:-}" ]; then
+  RESULTS=$SAMPLE_RESULTS
+  mkdir -p "$RESULTS"
+else
+  RESULTS=$(mktemp -d)
+  trap 'rm -rf "$RESULTS"' EXIT
+fi
 SAMPLES=reports/samples
 mkdir -p "$SAMPLES"
 MAX_BYTES=$((2 * 1024 * 1024))

@@ -121,16 +121,19 @@ def test_bench_run_ends_by_printing_the_report_path(tmp_path, capsys):
 
 def test_render_command_joins_runs_and_compares_with_a_baseline(real_run, tmp_path, capsys):
     """A baseline made from the real run's rows: one config 2x faster and half the memory there (so the new
-    run regresses), one config only in the baseline; the new run has the injected row only it has."""
+    run regresses), one an error there (fixed now), one config only in the baseline; the new run has the
+    injected row only it has."""
     rows = RunStore(real_run.parent, real_run.name).rows()
     measured = [r for r in rows if r["status"] == "ok"]
-    slower, gone = measured[0], measured[1]
+    slower, gone, fixed = measured[0], measured[1], measured[2]
     baseline = RunStore(tmp_path, "base")
     for row in rows:
         if row["key"] == "evil|key":
             continue
         if row["key"] == slower["key"]:
             row = {**row, "time_median_ms": row["time_median_ms"] / 2, "peak_mem_bytes": row["peak_mem_bytes"] / 2}
+        if row["key"] == fixed["key"]:  # an error in the baseline that the new run measures
+            row = {**row, "status": "error", "reason": "boom", "time_median_ms": None, "peak_mem_bytes": None}
         baseline.append({**row, "run_id": "base"})
     baseline.append({**gone, "key": "only|in|baseline", "run_id": "base"})
     output = tmp_path / "out" / "r.html"
@@ -141,9 +144,11 @@ def test_render_command_joins_runs_and_compares_with_a_baseline(real_run, tmp_pa
     assert "compare" in found.sections
     matched, only = analysis.compare(load_run(real_run).frame, load_run(tmp_path / "base").frame)
     regressed = matched.set_index("key").loc[slower["key"]]
-    assert regressed["time ratio"] == pytest.approx(2.0) and regressed["time"] == "regression"
-    assert regressed["memory ratio"] == pytest.approx(2.0) and regressed["memory"] == "regression"
-    assert set(matched[matched["key"] != slower["key"]]["time"]) == {""}
+    assert regressed["time ratio"] == pytest.approx(2.0) and regressed["time verdict"] == "regression"
+    assert regressed["memory ratio"] == pytest.approx(2.0) and regressed["memory verdict"] == "regression"
+    assert set(matched[matched["key"] != slower["key"]]["time verdict"]) == {""}
+    assert dict(zip(matched["key"], matched["status verdict"], strict=True)) == {
+        r["key"]: "improvement" if r["key"] == fixed["key"] else "" for r in rows if r["key"] != "evil|key"}
     assert dict(zip(only["key"], only["only in"], strict=True)) == {"evil|key": "new runs",
                                                                    "only|in|baseline": "baseline"}
     assert text.count('class="data row') > 0 and "regression" in text
