@@ -60,12 +60,9 @@ def esc(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _fmt_number(value: object) -> str:
-    if value is None or (isinstance(value, float) and value != value):
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+def _number(value: object) -> float | None:
+    """A number from environment data, or None for anything else (the file may hold what it likes)."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def table(frame: pd.DataFrame, *, css_class: str = "", styles: pd.DataFrame | None = None,
@@ -76,8 +73,9 @@ def table(frame: pd.DataFrame, *, css_class: str = "", styles: pd.DataFrame | No
     if frame.empty:
         return "<p class='note'>(none)</p>"
     frame = frame.reset_index(drop=True)
-    styler = frame.style.format(lambda v: _fmt_number(v) if not isinstance(v, float) else
-                                ("" if v != v else f"{v:.{precision}g}"), escape="html", na_rep="")
+    # Floats to `precision` significant digits; everything else as text (escaped before formatting).
+    styler = frame.style.format(lambda v: f"{v:.{precision}g}" if isinstance(v, float) else str(v),
+                                escape="html", na_rep="")
     styler = styler.format_index(escape="html", axis=1).hide(axis="index")
     if styles is not None:
         styler = styler.set_td_classes(styles.reset_index(drop=True))
@@ -106,21 +104,24 @@ def _flatten(prefix: str, value: object, out: dict[str, str]) -> None:
     if isinstance(value, dict):
         for key, item in value.items():
             _flatten(f"{prefix}.{key}" if prefix else str(key), item, out)
-    elif isinstance(value, list) and len(json.dumps(value, default=str)) > 200:
-        out[prefix] = json.dumps(value, default=str)[:200] + " ..."
+    elif isinstance(value, list):
+        out[prefix] = json.dumps(value, default=str)
     else:
-        out[prefix] = "" if value is None else (json.dumps(value) if isinstance(value, list) else str(value))
+        out[prefix] = "" if value is None else str(value)
 
 
 def environment_section(runs: Sequence[Run]) -> str:
     parts = []
     ceilings = run_ceilings(runs)
     if ceilings:
-        rows = [{"run": run_id, "dtype": dtype,
-                 "matmul TFLOP/s": values.get("matmul_tflops"), "matmul shape": str(values.get("matmul_shape", "")),
-                 "copy GB/s": values.get("copy_gbps"), "copy buffer, MiB": (values.get("copy_buffer_bytes") or 0)
-                 / 2**20 or None, "device": values.get("device")}
-                for (run_id, dtype), values in ceilings.items()]
+        rows = []
+        for (run_id, dtype), values in ceilings.items():
+            buffer = _number(values.get("copy_buffer_bytes"))
+            rows.append({"run": run_id, "dtype": dtype, "matmul TFLOP/s": _number(values.get("matmul_tflops")),
+                         "matmul shape": json.dumps(values.get("matmul_shape"), default=str),
+                         "copy GB/s": _number(values.get("copy_gbps")),
+                         "copy buffer, MiB": buffer / 2**20 if buffer else None,
+                         "device": str(values.get("device", ""))})
         parts.append("<h3>Measured ceilings</h3>" + table(pd.DataFrame(rows)))
         parts.append("<p class='note'>Matmul: n x n by n x n, 2 n^3 FLOPs over the median time. Copy: bytes "
                      "read plus bytes written over the median time. Measured once per run, before its configs."

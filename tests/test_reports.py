@@ -212,11 +212,12 @@ def test_ceilings_flat_or_per_dtype():
     nested = {"float32": {"matmul_tflops": 0.2}, "bfloat16": {"matmul_tflops": 0.4}}
     assert ceilings_by_dtype(nested) == nested
     assert ceilings_by_dtype(None) == {} and ceilings_by_dtype({}) == {} and ceilings_by_dtype("x") == {}
-    for ceilings in (flat, nested, "garbage"):
+    odd = {"dtype": "float32", "matmul_tflops": "fast", "copy_buffer_bytes": [1], "matmul_shape": EVIL}
+    for ceilings in (flat, nested, odd, "garbage"):
         text, found = _render([_row("linear@a", n, 0.01 * n) for n in (256, 512)],
                               sessions=[{"ceilings": ceilings, "hostname": EVIL}])
         assert "throughput" in found.figures and "<script" not in text
-        assert ("matmul TFLOP/s" in text) == (ceilings != "garbage")
+        assert ("matmul TFLOP/s" in text) == isinstance(ceilings, dict)
 
 
 @pytest.mark.parametrize("c_lin, c_flash", [(0.05, 1e-4), (0.02, 3e-5), (1.0, 1e-4)])
