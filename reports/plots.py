@@ -127,8 +127,10 @@ def _scaling_figure(frame: pd.DataFrame, value: str, ylabel: str, scale: float, 
         for ax, (key, panel) in zip(axes, groups, strict=True):
             lines = analysis.series(panel, value)
             for variant, line in lines.items():
-                slope = analysis.fit_slope(line["n"], line[value])[0] if fit else math.nan
-                label = variant if math.isnan(slope) else f"{variant}  (slope {slope:.2f})"
+                label = variant
+                if fit:
+                    slope = analysis.fit_slope(line["n"], line[value])[0]
+                    label += "  (one N: no slope)" if math.isnan(slope) else f"  (slope {slope:.2f})"
                 ax.plot(line["n"], line[value] * scale, marker="o", markersize=3.5, label=_label(label),
                         **styles[variant])
                 if band and analysis.has(line, *band):
