@@ -110,9 +110,10 @@ def _legend(ax: plt.Axes, count: int) -> None:
 def _scaling_figure(frame: pd.DataFrame, value: str, ylabel: str, scale: float, title: str,
                     band: tuple[str, str] | None, fit: bool = True,
                     extra: Callable[[plt.Axes, dict, pd.DataFrame], None] | None = None,
-                    ceilings_hint: tuple = ()) -> bytes | None:
+                    extra_entries: int = 0) -> bytes | None:
     """Log-log ``value`` x ``scale`` against N, one panel per (D, pass), a line per variant with its fitted
-    slope in the legend, an optional p20-p80 ``band``; None when no ok row has ``value``."""
+    slope in the legend (unless not ``fit``), an optional p20-p80 ``band``, then ``extra`` draws what else
+    the panel needs (up to ``extra_entries`` more legend entries); None when no ok row has ``value``."""
     ok = analysis.ok_rows(frame)
     if not analysis.has(ok, "n", "variant", value):
         return None
@@ -122,7 +123,7 @@ def _scaling_figure(frame: pd.DataFrame, value: str, ylabel: str, scale: float, 
         return None
     styles = _styles(list(ok["variant"].dropna().astype(str).unique()))
     with plt.rc_context(RC):
-        entries = max(panel["variant"].nunique() for _, panel in groups) + (len(ceilings_hint) if extra else 0)
+        entries = max(panel["variant"].nunique() for _, panel in groups) + extra_entries
         fig, axes = _grid(len(groups), entries)
         for ax, (key, panel) in zip(axes, groups, strict=True):
             lines = analysis.series(panel, value)
@@ -176,7 +177,7 @@ def throughput_figure(frame: pd.DataFrame, ceilings: dict[tuple[str, str], dict]
 
     return _scaling_figure(frame, "tflops", "achieved TFLOP/s (formula FLOPs / median time)", 1.0,
                            "throughput", None, fit=False, extra=ceiling_lines,
-                           ceilings_hint=tuple(ceilings))
+                           extra_entries=len(ceilings))
 
 
 def extrapolation_figure(frame: pd.DataFrame) -> bytes | None:
@@ -185,7 +186,7 @@ def extrapolation_figure(frame: pd.DataFrame) -> bytes | None:
     ok = analysis.ok_rows(frame, "extrapolation")
     if not analysis.has(ok, "variant", "eval_len", "perplexity"):
         return None
-    ok = ok[ok["eval_len"].notna() & ok["perplexity"].notna() & (ok["perplexity"] > 0)]
+    ok = ok[ok["variant"].notna() & ok["eval_len"].notna() & ok["perplexity"].notna() & (ok["perplexity"] > 0)]
     protocols = sorted(ok["protocol"].fillna("(no protocol)").astype(str).unique()) if "protocol" in ok else [""]
     styles = _styles(list(ok["variant"].dropna().astype(str).unique()))
     with plt.rc_context(RC):
