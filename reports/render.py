@@ -236,7 +236,8 @@ def failures_section(frame: pd.DataFrame) -> str:
     failed = frame[frame["status"].fillna("") != "ok"]
     if failed.empty:
         return "<p>Every row is ok.</p>"
-    columns = [c for c in ("run_id", "status", "variant", "n", "d", "pass", "dtype", "eval_len", "reason")
+    columns = [c for c in ("run_id", "status", "variant", "n", "d", "pass", "dtype", "train_len", "eval_len",
+                           "protocol", "reason")
                if c in failed and failed[c].notna().any()]
     return f"<p>{len(failed)} rows.</p>" + table(failed[columns])
 
@@ -258,14 +259,9 @@ def flops_section() -> str:
             "D head dim, C chunk length. A FLOP is a multiply or an add.</p>")
 
 
-def render_runs(runs: Sequence[Run], baseline: Sequence[Run] = (), *, title: str | None = None) -> str:
-    """The HTML report of ``runs`` (and a comparison with ``baseline`` when given)."""
-    frame = combine(runs)
-    speed = frame[frame["task"].fillna("speed") == "speed"] if "task" in frame else frame
-    ceilings = run_ceilings(runs)
-    has_extrapolation = "task" in frame and (frame["task"] == "extrapolation").any()
-    body: dict[str, str] = {
-        "environment": environment_section(runs),
+def _speed_sections(speed: pd.DataFrame, ceilings: dict) -> dict[str, str]:
+    """Summary, time, memory and throughput: the sections made from speed rows."""
+    return {
         "summary": summary_section(speed),
         "time": figure("time", plots.time_figure(speed),
                        "Median time per call against N (log-log), the band from the 20th to the 80th percentile; "
@@ -277,6 +273,16 @@ def render_runs(runs: Sequence[Run], baseline: Sequence[Run] = (), *, title: str
                              "Achieved TFLOP/s (FLOPs by the formulas below over the median time) with the "
                              "matmul ceiling measured in the same run.") + _throughput_table(speed),
     }
+
+
+def render_runs(runs: Sequence[Run], baseline: Sequence[Run] = (), *, title: str | None = None) -> str:
+    """The HTML report of ``runs`` (and a comparison with ``baseline`` when given)."""
+    frame = combine(runs)
+    speed = frame[frame["task"].fillna("speed") == "speed"] if "task" in frame else frame
+    has_extrapolation = "task" in frame and bool((frame["task"] == "extrapolation").any())
+    body: dict[str, str] = {"environment": environment_section(runs)}
+    if not speed.empty or not has_extrapolation:  # a run of extrapolation rows only has no speed sections
+        body.update(_speed_sections(speed, run_ceilings(runs)))
     if has_extrapolation:
         body["extrapolation"] = extrapolation_section(frame)
     if baseline:

@@ -204,6 +204,8 @@ def test_extrapolation_rows_get_their_section_and_are_left_out_without_them():
     assert "ppl @ 2k" in text
     _, without = _render(speed)
     assert "extrapolation" not in without.sections and "extrapolation" not in without.figures
+    _, alone = _render(extrap)  # an extrapolation run alone: no speed sections
+    assert alone.sections == ["environment", "extrapolation", "failures", "rows", "flops"]
 
 
 def test_ceilings_flat_or_per_dtype():
