@@ -272,7 +272,8 @@ def _speed_sections(speed: pd.DataFrame, ceilings: dict) -> dict[str, str]:
         "throughput": figure("throughput", plots.throughput_figure(speed, ceilings),
                              "Achieved TFLOP/s (FLOPs by the formulas below over the median time) with the "
                              "matmul ceiling measured in the same run. The ceiling is measured once, at the "
-                             "start: on a shared machine a point above it means the machine was busier then.") + _throughput_table(speed),
+                             "start: on a shared machine a point above it means the machine was busier then.")
+        + _throughput_table(speed),
     }
 
 

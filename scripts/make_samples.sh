@@ -5,7 +5,7 @@
 #   full.html      the full preset, only when a GPU is visible (torch.cuda.is_available())
 # Usage: scripts/make_samples.sh [PYTHON]   (default: python). Runs take ~1 + ~5 minutes on 2 CPU cores.
 # SAMPLE_RESULTS=DIR keeps the runs in DIR (else a temporary directory, removed at the end); a second call
-# with the same DIR resumes the finished runs (nothing left to do) and only renders the reports again.
+# with the same DIR renders the finished runs again without running them (and resumes a killed one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${1:-python}
@@ -23,8 +23,11 @@ MAX_BYTES=$((2 * 1024 * 1024))
 
 sample() {  # sample NAME PRESET: run the preset, render its report into reports/samples/NAME.html
   local name=$1 preset=$2
-  # bench run exits 1 when a config ended in error; the report shows those rows, so keep going.
-  "$PYTHON" -m bench run --preset "$preset" --results-dir "$RESULTS" --run-id "$name" --no-progress || true
+  # A finished run (results.csv written) is only rendered again; a killed one resumes. bench run exits 1 when
+  # a config ended in error; the report shows those rows, so keep going.
+  if [ ! -f "$RESULTS/$name/results.csv" ]; then
+    "$PYTHON" -m bench run --preset "$preset" --results-dir "$RESULTS" --run-id "$name" --no-progress || true
+  fi
   "$PYTHON" -m reports render "$RESULTS/$name" -o "$SAMPLES/$name.html" \
     --title "Sample report: preset $preset ($(date -u +%Y-%m-%d))"
   local size
