@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pandas as pd
+from pandas.io.formats.style import Styler
 
 from bench.measure.flops import FORMULAS
 from bench.record import SCHEMA, describe_columns
@@ -55,6 +56,10 @@ pre { background: #f7f7f7; padding: 0.5em; font-size: 0.8em; white-space: pre-wr
 """
 
 
+WRAPPED_COLUMNS = ("reason", "crossover N*, tokens", "formula", "meaning", "value")
+"""Free-text columns: they wrap inside a minimum width instead of stretching the table."""
+
+
 def esc(value: object) -> str:
     """Text from data, safe inside HTML elements and attribute values."""
     return html.escape(str(value), quote=True)
@@ -73,20 +78,23 @@ def table(frame: pd.DataFrame, *, css_class: str = "", styles: pd.DataFrame | No
     if frame.empty:
         return "<p class='note'>(none)</p>"
     frame = frame.reset_index(drop=True)
+    # No per-cell ids, and column-wide CSS rules instead of one rule per cell: a report of a full GPU sweep has
+    # tens of thousands of cells, and per-cell markup would make it several times larger.
+    styler = Styler(frame, cell_ids=False)
     # Floats to `precision` significant digits; everything else as text (escaped before formatting).
-    styler = frame.style.format(lambda v: f"{v:.{precision}g}" if isinstance(v, float) else str(v),
-                                escape="html", na_rep="")
+    styler = styler.format(lambda v: f"{v:.{precision}g}" if isinstance(v, float) else str(v), escape="html",
+                           na_rep="")
     styler = styler.format_index(escape="html", axis=1).hide(axis="index")
     if styles is not None:
         styler = styler.set_td_classes(styles.reset_index(drop=True))
-    text_columns = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])
-                    or pd.api.types.is_bool_dtype(frame[c])]
-    if text_columns:
-        styler = styler.set_properties(subset=text_columns, **{"text-align": "left", "white-space": "nowrap"})
-    wrapped = [c for c in ("reason", "crossover N*, tokens", "formula", "meaning", "value") if c in frame]
-    if wrapped:  # long free text wraps in a wide column instead of stretching its rows
-        styler = styler.set_properties(subset=wrapped, **{"min-width": text_width, "max-width": "44em",
-                                                          "white-space": "normal"})
+    column_css = {}
+    for column in frame.columns:
+        if column in WRAPPED_COLUMNS:  # long free text wraps in a wide column instead of stretching its rows
+            column_css[column] = f"text-align: left; white-space: normal; min-width: {text_width}; max-width: 44em"
+        elif not pd.api.types.is_numeric_dtype(frame[column]) or pd.api.types.is_bool_dtype(frame[column]):
+            column_css[column] = "text-align: left; white-space: nowrap"
+    styler = styler.set_table_styles({c: [{"selector": "td", "props": css}] for c, css in column_css.items()},
+                                     overwrite=False)
     styler = styler.set_table_attributes(f'class="{esc(css_class)}"' if css_class else "")
     return f"<div class='scroll'>{styler.to_html()}</div>"
 
