@@ -164,10 +164,10 @@ def _row(variant: str, n: int, ms: float | None, *, family: str = "linear", stat
             "peak_mem_bytes": peak, "tflops": ms and 1e-3 * n / ms}
 
 
-def _render(rows: list[dict], sessions: list | None = None) -> tuple[str, _Structure]:
+def _render(rows: list[dict], sessions: list | None = None, compare: bool = False) -> tuple[str, _Structure]:
     run = Run(path=Path("/nowhere/x"), run_id="x", frame=to_frame(rows) if rows else pd.DataFrame(),
               sessions=sessions or [])
-    text = render_runs([run])
+    text = render_runs([run], [run] if compare else [])
     return text, structure(text)
 
 
@@ -191,6 +191,8 @@ def test_render_survives_frames_with_holes(case):
         assert not found.figures and "out of memory" in text and "No ok rows" in text
     if case == "single variant":
         assert set(found.figures) == {"time", "memory", "throughput"} and "slope" in text
+    _, compared = _render(rows, compare=True)  # the run against itself: the comparison renders too
+    assert "compare" in compared.sections
 
 
 def test_extrapolation_rows_get_their_section_and_are_left_out_without_them():
