@@ -87,6 +87,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from bench.sweep.presets import load_spec
     from bench.sweep.session import Sweep
+    from reports.render import REPORT_FILE, write_report
     from reports.summary import summary_text
 
     if args.dry_run:
@@ -112,6 +113,7 @@ def _run(args: argparse.Namespace) -> int:
     frame = sweep.store.frame()
     print(summary_text(frame))
     print(f"\nresults: {sweep.store.path}  (rows.jsonl, {frame_path.name}, environment.json)")
+    print(f"report: {write_report([sweep.store.path], sweep.store.path / REPORT_FILE).resolve()}")
     errors = int((frame["status"] == "error").sum()) if not frame.empty else 0
     if errors:
         print(f"{errors} configs ended in error (see the reasons above)", file=sys.stderr)

@@ -67,6 +67,7 @@ def bench_sweep(request: pytest.FixtureRequest):
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
     if SWEEP_KEY not in config.stash:
         return
+    from reports.render import REPORT_FILE, write_report
     from reports.summary import summary_text
 
     sweep = config.stash[SWEEP_KEY]
@@ -74,3 +75,5 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     terminalreporter.write_sep("=", "attention sweep")
     terminalreporter.write_line(summary_text(sweep.store.frame()))
     terminalreporter.write_line(f"results: {sweep.store.path}  ({frame_path.name}, rows.jsonl, environment.json)")
+    report = write_report([sweep.store.path], sweep.store.path / REPORT_FILE)
+    terminalreporter.write_line(f"report: {report.resolve()}")

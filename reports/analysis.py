@@ -1,0 +1,237 @@
+"""The numbers a report states, computed from a run frame: fastest variants, crossovers, slopes, comparisons.
+
+Every function takes the frame as stored (``bench.record`` columns, any of them possibly missing) and
+returns a plain DataFrame; nothing here draws or formats.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+PANEL_BASE = ["d", "pass"]
+PANEL_EXTRA = ["device_name", "dtype", "causal", "heads"]
+"""A panel is one (D, pass); device, dtype, causal mask or head count join the panel key when they vary."""
+
+TIME_REGRESSION = 1.10
+TIME_IMPROVEMENT = 0.90
+MEMORY_REGRESSION = 1.05
+MEMORY_IMPROVEMENT = 0.95
+"""--compare colours a config whose new/old ratio is above the regression or below the improvement bound."""
+
+
+def has(frame: pd.DataFrame, *columns: str) -> bool:
+    """Whether every column exists and has at least one value."""
+    return all(c in frame and frame[c].notna().any() for c in columns)
+
+
+def ok_rows(frame: pd.DataFrame, task: str = "speed") -> pd.DataFrame:
+    """Rows with status ok of ``task`` (rows without a task column are speed rows)."""
+    if frame.empty or "status" not in frame:
+        return frame.iloc[0:0]
+    mask = frame["status"] == "ok"
+    if "task" in frame:
+        mask &= frame["task"].fillna("speed") == task
+    return frame[mask.fillna(False)]
+
+
+def panel_columns(frame: pd.DataFrame) -> list[str]:
+    """The columns that key a panel: D and pass (when present) plus those of PANEL_EXTRA that vary."""
+    base = [c for c in PANEL_BASE if c in frame]
+    return base + [c for c in PANEL_EXTRA if c in frame and frame[c].nunique(dropna=True) > 1]
+
+
+def panels(frame: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
+    """The frame split into panels, each with its key as a dict, sorted by key."""
+    keys = panel_columns(frame)
+    if frame.empty:
+        return []
+    if not keys:
+        return [({}, frame)]
+    out = []
+    for values, group in frame.groupby(keys, sort=True, dropna=False):
+        values = values if isinstance(values, tuple) else (values,)
+        out.append((dict(zip(keys, values, strict=True)), group))
+    return out
+
+
+def panel_title(key: dict) -> str:
+    """'D = 64, fwd' style title of a panel key."""
+    parts = []
+    for name, value in key.items():
+        if name == "d":
+            parts.append(f"D = {value}")
+        elif name == "causal":
+            parts.append("causal" if value else "full mask")
+        elif name == "heads":
+            parts.append(f"H = {value}")
+        else:
+            parts.append(str(value))
+    return ", ".join(parts) or "all rows"
+
+
+def series(panel: pd.DataFrame, value: str) -> dict[str, pd.DataFrame]:
+    """Per variant, the ok rows with ``value`` set, one per N (the last stored wins), sorted by N."""
+    out = {}
+    if not has(panel, "variant", "n", value):
+        return out
+    usable = panel[panel["n"].notna() & panel[value].notna() & panel["variant"].notna()]
+    for variant, rows in usable.groupby("variant", sort=True):
+        out[str(variant)] = rows.drop_duplicates(subset="n", keep="last").sort_values("n")
+    return out
+
+
+def fit_slope(n: pd.Series | np.ndarray, y: pd.Series | np.ndarray) -> tuple[float, int]:
+    """Least-squares slope of log y against log N over the upper half of the points by N (the largest
+    ceil(k/2) of k points, at least 2; all of them when k <= 3), where fixed per-call costs matter least.
+    Returns (slope, smallest N used); (nan, 0) with fewer than 2 positive points."""
+    n = np.asarray(n, dtype=float)
+    y = np.asarray(y, dtype=float)
+    keep = (n > 0) & (y > 0) & np.isfinite(n) & np.isfinite(y)
+    n, y = n[keep], y[keep]
+    order = np.argsort(n)
+    n, y = n[order], y[order]
+    if len(np.unique(n)) < 2:
+        return math.nan, 0
+    start = 0 if len(n) <= 3 else len(n) - max(2, math.ceil(len(n) / 2))
+    n, y = n[start:], y[start:]
+    slope = np.polyfit(np.log(n), np.log(y), 1)[0]
+    return float(slope), int(n[0])
+
+
+def slopes(frame: pd.DataFrame, value: str = "time_median_ms") -> pd.DataFrame:
+    """Fitted log-log slope of ``value`` against N per panel and variant (see ``fit_slope``)."""
+    rows = []
+    for key, panel in panels(ok_rows(frame)):
+        for variant, line in series(panel, value).items():
+            slope, from_n = fit_slope(line["n"], line[value])
+            rows.append({**key, "variant": variant, "points": len(line), "slope": slope,
+                         "fitted from N": from_n or None})
+    return pd.DataFrame(rows)
+
+
+def fastest(frame: pd.DataFrame) -> pd.DataFrame:
+    """At each (panel, N): the fastest ok variant by median time, its time, and the runner-up with the
+    runner-up's time as a multiple of the fastest."""
+    rows = []
+    for key, panel in panels(ok_rows(frame)):
+        if not has(panel, "n", "variant", "time_median_ms"):
+            continue
+        timed = panel[panel["time_median_ms"].notna()]
+        for n, at_n in timed.groupby("n", sort=True):
+            best = at_n.groupby("variant")["time_median_ms"].min().sort_values()
+            row = {**key, "N": int(n), "fastest": best.index[0], "time, ms": best.iloc[0]}
+            if len(best) > 1:
+                row["runner-up"] = best.index[1]
+                row["runner-up / fastest"] = best.iloc[1] / best.iloc[0]
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _interpolate_crossing(n_lo: float, r_lo: float, n_hi: float, r_hi: float) -> float:
+    """N where log(ratio) reaches 0, on the straight line through (log N, log ratio) at both points."""
+    x_lo, x_hi, y_lo, y_hi = math.log(n_lo), math.log(n_hi), math.log(r_lo), math.log(r_hi)
+    return math.exp(x_lo + (0.0 - y_lo) * (x_hi - x_lo) / (y_hi - y_lo))
+
+
+def crossover(linear: pd.Series, flash: pd.Series) -> dict:
+    """Where ``linear`` (median ms by N) overtakes ``flash`` (best FlashAttention ms by N).
+
+    Over the N both have, ratio = linear / flash. The crossover is the last place the ratio goes from
+    >= 1 to < 1 (linear faster from there on, within the range): N* interpolated in log-log between the
+    two measured points either side, which are returned too. Otherwise N* is None and ``note`` says why.
+    """
+    common = linear.index.intersection(flash.index).sort_values()
+    if len(common) == 0:
+        return {"N*": None, "note": "no N measured for both"}
+    ratio = (linear[common] / flash[common]).astype(float)
+    faster = ratio < 1
+    lo_n, hi_n = int(common[0]), int(common[-1])
+    if faster.all():
+        return {"N*": None, "note": f"not within the measured range: linear faster at every measured N "
+                                    f"({lo_n}..{hi_n})"}
+    if not faster.iloc[-1]:
+        return {"N*": None, "note": f"not within the measured range: linear not faster at N = {hi_n}, the "
+                                    f"largest N measured for both"}
+    last_slow = int(np.flatnonzero(~faster.to_numpy())[-1])
+    a, b = common[last_slow], common[last_slow + 1]
+    n_star = _interpolate_crossing(a, ratio[a], b, ratio[b])
+    return {"N*": n_star, "note": "",
+            "below": int(a), "linear ms below": float(linear[a]), "flash ms below": float(flash[a]),
+            "above": int(b), "linear ms above": float(linear[b]), "flash ms above": float(flash[b])}
+
+
+def crossovers(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per panel and linear variant, its crossover against the best FlashAttention backend at each N."""
+    ok = ok_rows(frame)
+    if not has(ok, "family", "variant", "n", "time_median_ms"):
+        return pd.DataFrame()
+    rows = []
+    for key, panel in panels(ok):
+        timed = panel[panel["time_median_ms"].notna()]
+        flash_rows = timed[timed["family"] == "flash"]
+        if flash_rows.empty:
+            continue
+        best_flash = flash_rows.groupby("n")["time_median_ms"].min()
+        best_name = flash_rows.loc[flash_rows.groupby("n")["time_median_ms"].idxmin()].set_index("n")["variant"]
+        for variant, line in timed[timed["family"] == "linear"].groupby("variant", sort=True):
+            found = crossover(line.groupby("n")["time_median_ms"].min(), best_flash)
+            for side in ("below", "above"):
+                if side in found:
+                    found[f"flash backend {side}"] = best_name[found[side]]
+            rows.append({**key, "linear variant": variant, **found})
+    return pd.DataFrame(rows)
+
+
+def compare(new: pd.DataFrame, old: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Match configs by ``key`` (and device name when both have it): (matched, only in one).
+
+    matched: key, variant, N, both statuses, both median times, ``time ratio`` new/old, both peaks, the
+    peak change in MiB and ``memory ratio``, and a verdict (regression, improvement or empty) for time and
+    memory by the bounds above, and for the status (ok -> not ok is a regression, the reverse an improvement).
+    only in one: key, variant, N, status, and which run has it.
+    """
+    match = ["key"] + (["device_name"] if "device_name" in new and "device_name" in old else [])
+    if new.empty or old.empty or "key" not in new or "key" not in old:
+        return pd.DataFrame(), pd.DataFrame()
+    wanted = ["variant", "n", "status", "time_median_ms", "peak_mem_bytes"]
+    left = new.drop_duplicates(match, keep="last").reindex(columns=match + wanted)
+    right = old.drop_duplicates(match, keep="last").reindex(columns=match + wanted)
+    both = left.merge(right, on=match, how="outer", suffixes=(" new", " old"), indicator=True)
+    matched = both[both["_merge"] == "both"].copy()
+    out = pd.DataFrame({
+        "key": matched["key"], "variant": matched["variant new"], "N": matched["n new"],
+        "status old": matched["status old"], "status new": matched["status new"],
+        "time old, ms": matched["time_median_ms old"], "time new, ms": matched["time_median_ms new"],
+    })
+    out["time ratio"] = out["time new, ms"] / out["time old, ms"]
+    mib = 2.0**20
+    out["peak old, MiB"] = matched["peak_mem_bytes old"] / mib
+    out["peak new, MiB"] = matched["peak_mem_bytes new"] / mib
+    out["peak change, MiB"] = out["peak new, MiB"] - out["peak old, MiB"]
+    out["memory ratio"] = out["peak new, MiB"] / out["peak old, MiB"].where(out["peak old, MiB"] > 0)
+    out["time verdict"] = _verdicts(out["time ratio"], TIME_REGRESSION, TIME_IMPROVEMENT)
+    out["memory verdict"] = _verdicts(out["memory ratio"], MEMORY_REGRESSION, MEMORY_IMPROVEMENT)
+    was_ok, is_ok = out["status old"] == "ok", out["status new"] == "ok"
+    out["status verdict"] = ""
+    out.loc[was_ok & ~is_ok, "status verdict"] = "regression"
+    out.loc[~was_ok & is_ok, "status verdict"] = "improvement"
+    lone = both[both["_merge"] != "both"]
+    only = pd.DataFrame({
+        "key": lone["key"],
+        "variant": lone["variant new"].fillna(lone["variant old"]),
+        "N": lone["n new"].fillna(lone["n old"]),
+        "status": lone["status new"].fillna(lone["status old"]),
+        "only in": lone["_merge"].map({"left_only": "new runs", "right_only": "baseline"}).astype(str),
+    })
+    return (out.sort_values(["variant", "N", "key"]).reset_index(drop=True),
+            only.sort_values(["variant", "N", "key"]).reset_index(drop=True))
+
+
+def _verdicts(ratio: pd.Series, regression: float, improvement: float) -> pd.Series:
+    verdict = pd.Series("", index=ratio.index, dtype=object)
+    verdict[ratio > regression] = "regression"
+    verdict[ratio < improvement] = "improvement"
+    return verdict

@@ -1,0 +1,278 @@
+"""HTML reports and the terminal summary: from a small real run, and from frames with holes in them."""
+
+import base64
+import math
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.cli import main as bench_main
+from bench.record import to_frame
+from bench.sweep.presets import load_spec
+from bench.sweep.session import Sweep
+from bench.sweep.store import RunStore
+from reports import analysis
+from reports.__main__ import main as reports_main
+from reports.load import Run, ceilings_by_dtype, load_run
+from reports.render import REPORT_FILE, render_runs
+from reports.summary import summary_text
+
+TINY = Path(__file__).parent / "data" / "tiny.toml"
+EVIL = "<script>alert('x')</script>"
+EVIL_VARIANT = "linear-<img src=x onerror=alert(1)>@evil"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class _Structure(HTMLParser):
+    """Section ids, <figure class="plot"> names with the images inside each, and every tag seen."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sections: list[str] = []
+        self.figures: dict[str, list[str]] = {}
+        self.tags: set[str] = set()
+        self._figure: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        attrs = dict(attrs)
+        self.tags.add(tag)
+        if tag == "section":
+            self.sections.append(attrs["id"])
+        if tag == "figure" and "plot" in (attrs.get("class") or ""):
+            self._figure = attrs["data-plot"]
+            self.figures[self._figure] = []
+        if tag == "img" and self._figure:
+            self.figures[self._figure].append(attrs["src"])
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "figure":
+            self._figure = None
+
+
+def structure(text: str) -> _Structure:
+    parser = _Structure()
+    parser.feed(text)
+    return parser
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory) -> Path:
+    """A real tiny sweep (linear, FlashAttention's CPU kernel, softmax; N = 64, 128) plus one stored row whose
+    variant and reason carry markup, as a package's error message could."""
+    results = tmp_path_factory.mktemp("runs")
+    spec = load_spec(str(TINY), overrides={"variants": "linear@torch-chunked,flash@sdpa-flash,softmax@naive"})
+    sweep = Sweep(spec, results_dir=results, run_id="tiny")
+    for planned in sweep.pending():
+        sweep.run_one(planned)
+    first = sweep.rows[0]
+    sweep.store.append({**first, "key": "evil|key", "variant": EVIL_VARIANT, "status": "error",
+                        "reason": f"{EVIL} & <b>bold</b>", "time_median_ms": None})
+    sweep.finish()
+    return sweep.store.path
+
+
+def test_report_from_a_real_run_has_every_section_one_image_per_plot_and_no_markup_from_data(real_run):
+    text = render_runs([load_run(real_run)])
+    found = structure(text)
+    assert found.sections == ["environment", "summary", "time", "memory", "throughput", "failures", "rows", "flops"]
+    assert set(found.figures) == {"time", "memory", "throughput"}
+    for name, images in found.figures.items():
+        assert len(images) == 1, name
+        assert images[0].startswith("data:image/png;base64,")
+        assert base64.b64decode(images[0].split(",", 1)[1]).startswith(PNG_SIGNATURE)
+    assert text.count("<img") == 3
+    # the injected markup is shown as text, never parsed
+    assert "script" not in found.tags and "b" not in found.tags
+    assert "<script" not in text.lower() and "onerror=alert" not in text.replace("onerror=alert(1)&gt;", "")
+    assert "&lt;script&gt;alert(" in text and "&lt;/script&gt; &amp; &lt;b&gt;bold&lt;/b&gt;" in text
+    assert "linear-&lt;img src=x onerror=alert(1)&gt;@evil" in text
+    # no network: nothing is fetched from anywhere
+    assert not re.search(r"(src|href)\s*=\s*['\"]?(https?:)?//", text)
+    # the numbers come from the store: every measured config's median is in the rows table
+    frame = RunStore(real_run.parent, real_run.name).frame()
+    assert (frame["status"] == "ok").sum() == 6
+    assert "flash@sdpa-flash" in text and "1 rows." in text  # the failure list holds the one error row
+
+
+def test_crossover_and_fastest_tables_from_the_real_run(real_run):
+    frame = load_run(real_run).frame
+    fastest = analysis.fastest(frame)
+    assert list(fastest["N"]) == [64, 128]
+    for _, row in fastest.iterrows():
+        at_n = frame[(frame["n"] == row["N"]) & (frame["status"] == "ok")]
+        assert row["fastest"] == at_n.loc[at_n["time_median_ms"].idxmin(), "variant"]
+    cross = analysis.crossovers(frame)
+    assert list(cross["linear variant"]) == ["linear@torch-chunked"]
+    assert cross["N*"].notna().iloc[0] or cross["note"].iloc[0].startswith("not within the measured range")
+
+
+def test_bench_run_ends_by_printing_the_report_path(tmp_path, capsys):
+    args = ["run", "--preset", str(TINY), "--results-dir", str(tmp_path), "--run-id", "r", "--no-progress",
+            "--n", "64"]
+    assert bench_main(args) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1] == f"report: {(tmp_path / 'r' / REPORT_FILE).resolve()}"
+    assert (tmp_path / "r" / REPORT_FILE).read_text().startswith("<!DOCTYPE html>")
+
+
+def test_render_command_joins_runs_and_compares_with_a_baseline(real_run, tmp_path, capsys):
+    """A baseline made from the real run's rows: one config 2x faster and half the memory there (so the new
+    run regresses), one an error there (fixed now), one config only in the baseline; the new run has the
+    injected row only it has."""
+    rows = RunStore(real_run.parent, real_run.name).rows()
+    measured = [r for r in rows if r["status"] == "ok"]
+    slower, gone, fixed = measured[0], measured[1], measured[2]
+    baseline = RunStore(tmp_path, "base")
+    for row in rows:
+        if row["key"] == "evil|key":
+            continue
+        if row["key"] == slower["key"]:
+            row = {**row, "time_median_ms": row["time_median_ms"] / 2, "peak_mem_bytes": row["peak_mem_bytes"] / 2}
+        if row["key"] == fixed["key"]:  # an error in the baseline that the new run measures
+            row = {**row, "status": "error", "reason": "boom", "time_median_ms": None, "peak_mem_bytes": None}
+        baseline.append({**row, "run_id": "base"})
+    baseline.append({**gone, "key": "only|in|baseline", "run_id": "base"})
+    output = tmp_path / "out" / "r.html"
+    assert reports_main(["render", str(real_run), "--compare", str(tmp_path / "base"), "-o", str(output)]) == 0
+    assert capsys.readouterr().out.strip() == f"report: {output.resolve()}"
+    text = output.read_text()
+    found = structure(text)
+    assert "compare" in found.sections
+    matched, only = analysis.compare(load_run(real_run).frame, load_run(tmp_path / "base").frame)
+    regressed = matched.set_index("key").loc[slower["key"]]
+    assert regressed["time ratio"] == pytest.approx(2.0) and regressed["time verdict"] == "regression"
+    assert regressed["memory ratio"] == pytest.approx(2.0) and regressed["memory verdict"] == "regression"
+    assert set(matched[matched["key"] != slower["key"]]["time verdict"]) == {""}
+    assert dict(zip(matched["key"], matched["status verdict"], strict=True)) == {
+        r["key"]: "improvement" if r["key"] == fixed["key"] else "" for r in rows if r["key"] != "evil|key"}
+    assert dict(zip(only["key"], only["only in"], strict=True)) == {"evil|key": "new runs",
+                                                                   "only|in|baseline": "baseline"}
+    assert text.count('class="data row') > 0 and "regression" in text
+    assert reports_main(["render", str(tmp_path / "nope"), "-o", str(output)]) == 2
+    assert "is not a run directory" in capsys.readouterr().err
+
+
+def _row(variant: str, n: int, ms: float | None, *, family: str = "linear", status: str = "ok", d: int = 64,
+         pass_: str = "fwd", peak: float | None = 1e6, reason: str = "", run_id: str = "x") -> dict:
+    return {"run_id": run_id, "key": f"{variant}|{pass_}|n{n}|d{d}", "variant": variant, "family": family,
+            "n": n, "d": d, "pass": pass_, "dtype": "float32", "status": status, "reason": reason,
+            "time_median_ms": ms, "time_p20_ms": ms and ms * 0.9, "time_p80_ms": ms and ms * 1.1,
+            "peak_mem_bytes": peak, "tflops": ms and 1e-3 * n / ms}
+
+
+def _render(rows: list[dict], sessions: list | None = None, compare: bool = False) -> tuple[str, _Structure]:
+    run = Run(path=Path("/nowhere/x"), run_id="x", frame=to_frame(rows) if rows else pd.DataFrame(),
+              sessions=sessions or [])
+    text = render_runs([run], [run] if compare else [])
+    return text, structure(text)
+
+
+@pytest.mark.parametrize("case", ["missing columns", "only failed", "nans", "single n", "single variant", "empty"])
+def test_render_survives_frames_with_holes(case):
+    lin = [_row("linear@a", n, 0.01 * n) for n in (256, 512, 1024)]
+    flash = [_row("flash@b", n, 1e-4 * n * n, family="flash") for n in (256, 512, 1024)]
+    rows = {
+        "missing columns": [{"key": f"k{n}", "variant": "v", "n": n, "status": "ok"} for n in (1, 2)],
+        "only failed": [_row("v@a", n, None, status="oom", reason="out of memory", peak=None) for n in (1, 2)],
+        "nans": [{**r, "time_median_ms": math.nan, "peak_mem_bytes": math.nan} for r in lin] + flash[:1],
+        "single n": [lin[0], flash[0]],
+        "single variant": lin,
+        "empty": [],
+    }[case]
+    text, found = _render(rows)
+    assert {"environment", "summary", "failures", "rows", "flops"} <= set(found.sections)
+    for images in found.figures.values():
+        assert len(images) == 1
+    if case == "only failed":
+        assert not found.figures and "out of memory" in text and "No ok rows" in text
+    if case == "single variant":
+        assert set(found.figures) == {"time", "memory", "throughput"} and "slope" in text
+    _, compared = _render(rows, compare=True)  # the run against itself: the comparison renders too
+    assert "compare" in compared.sections
+
+
+def test_extrapolation_rows_get_their_section_and_are_left_out_without_them():
+    speed = [_row("linear@a", n, 0.01 * n) for n in (256, 512)]
+    extrap = [{"key": f"e{p}{v}{e}", "task": "extrapolation", "variant": v, "status": "ok", "protocol": p,
+               "train_len": 512, "eval_len": e, "perplexity": 3.0 + e / 1024}
+              for p in ("non-overlapping", "sliding") for v in ("linear-lrpe-unitary@x", "softmax@y")
+              for e in (256, 512, 1024, 2048)]
+    text, found = _render(speed + extrap)
+    assert "extrapolation" in found.sections and len(found.figures["extrapolation"]) == 1
+    assert "ppl @ 2k" in text
+    _, without = _render(speed)
+    assert "extrapolation" not in without.sections and "extrapolation" not in without.figures
+    _, alone = _render(extrap)  # an extrapolation run alone: no speed sections
+    assert alone.sections == ["environment", "extrapolation", "failures", "rows", "flops"]
+
+
+def test_ceilings_flat_or_per_dtype():
+    flat = {"dtype": "float32", "matmul_tflops": 0.2, "copy_gbps": 20.0}
+    assert ceilings_by_dtype(flat) == {"float32": flat}
+    nested = {"float32": {"matmul_tflops": 0.2}, "bfloat16": {"matmul_tflops": 0.4}}
+    assert ceilings_by_dtype(nested) == nested
+    assert ceilings_by_dtype(None) == {} and ceilings_by_dtype({}) == {} and ceilings_by_dtype("x") == {}
+    odd = {"dtype": "float32", "matmul_tflops": "fast", "copy_buffer_bytes": [1], "matmul_shape": EVIL}
+    for ceilings in (flat, nested, odd, "garbage"):
+        text, found = _render([_row("linear@a", n, 0.01 * n) for n in (256, 512)],
+                              sessions=[{"ceilings": ceilings, "hostname": EVIL}])
+        assert "throughput" in found.figures and "<script" not in text
+        assert ("matmul TFLOP/s" in text) == isinstance(ceilings, dict)
+
+
+@pytest.mark.parametrize("c_lin, c_flash", [(0.05, 1e-4), (0.02, 3e-5), (1.0, 1e-4)])
+def test_crossover_is_exact_for_power_laws(c_lin, c_flash):
+    """linear = c_lin N, flash = c_flash N^2: log(ratio) is linear in log N, so the interpolation is exact,
+    N* = c_lin / c_flash, whenever that lies inside the measured range."""
+    ns = 2 ** np.arange(8, 17)
+    found = analysis.crossover(pd.Series(c_lin * ns, index=ns), pd.Series(c_flash * ns.astype(float) ** 2, index=ns))
+    expected = c_lin / c_flash
+    if ns[0] < expected <= ns[-1]:
+        assert found["N*"] == pytest.approx(expected, rel=1e-9)
+        assert found["below"] < expected <= found["above"] and found["above"] == 2 * found["below"]
+    else:
+        assert found["N*"] is None and found["note"].startswith("not within the measured range")
+
+
+def test_crossover_takes_the_last_change_and_names_the_range():
+    ns = [256, 512, 1024, 2048]
+    flash = pd.Series([1.0, 1.0, 1.0, 1.0], index=ns)
+    found = analysis.crossover(pd.Series([2.0, 0.5, 2.0, 0.5], index=ns), flash)
+    assert found["below"] == 1024 and found["above"] == 2048 and found["N*"] == pytest.approx(math.sqrt(1024 * 2048))
+    faster = analysis.crossover(pd.Series([0.5] * 4, index=ns), flash)
+    assert faster["N*"] is None and "faster at every measured N (256..2048)" in faster["note"]
+    slower = analysis.crossover(pd.Series([2.0] * 4, index=ns), flash)
+    assert slower["N*"] is None and "not faster at N = 2048" in slower["note"]
+    assert analysis.crossover(pd.Series([1.0], index=[64]), flash)["note"] == "no N measured for both"
+
+
+def test_fit_slope_uses_the_upper_half():
+    ns = np.array([256, 512, 1024, 2048, 4096, 8192], dtype=float)
+    assert analysis.fit_slope(ns, 3 * ns**1.5) == (pytest.approx(1.5), 2048)  # the largest 3 of 6
+    noisy_start = 2 * ns * np.array([40, 10, 1, 1, 1, 1])  # fixed costs dominate the two shortest lengths
+    assert analysis.fit_slope(ns, noisy_start)[0] == pytest.approx(1.0)
+    assert analysis.fit_slope(ns[:2], ns[:2] ** 2) == (pytest.approx(2.0), 256)
+    assert math.isnan(analysis.fit_slope(ns[:1], ns[:1])[0])
+
+
+def test_panels_split_by_d_and_pass_and_join_what_varies():
+    rows = [_row("linear@a", 256, 1.0, d=d, pass_=p) for d in (64, 128) for p in ("fwd", "fwd+bwd")]
+    frame = to_frame(rows)
+    keys = [key for key, _ in analysis.panels(frame)]
+    assert keys == [{"d": d, "pass": p} for d in (64, 128) for p in ("fwd", "fwd+bwd")]
+    assert analysis.panel_title(keys[1]) == "D = 64, fwd+bwd"
+
+
+def test_summary_text_lists_times_memory_and_failures():
+    rows = [_row("linear@a", n, 0.01 * n) for n in (256, 512)] + [
+        {**_row("softmax@b", 512, None, status="over-budget", reason="predicted 9 s > 8 s"), "wall_s": None}]
+    frame = to_frame([{**r, "wall_s": 1.0, "overhead_s": 0.1} if r["status"] == "ok" else r for r in rows])
+    text = summary_text(frame)
+    assert "median time, ms" in text and "2.56" in text and "5.12" in text
+    assert "over-budget  softmax@b" in text and "N=512: predicted 9 s > 8 s" in text
+    assert "statuses: ok 2, over-budget 1" in text
+    assert summary_text(pd.DataFrame()) == "no rows"
