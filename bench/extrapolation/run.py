@@ -83,6 +83,7 @@ class ExtrapSpec:
     train: TrainConfig
     linear_impl: str | None
     eval: EvalConfig
+    threads: int | None = None
 
     def model_config(self, variant: str) -> ModelConfig:
         return ModelConfig(variant=variant, seed=self.seed, **self.model)
@@ -97,7 +98,7 @@ def doubling_lengths(train_len: int, max_len: int) -> tuple[int, ...]:
 
 def load_extrap_spec(preset: str | None = None, *, device: str | None = None, variants: str | None = None,
                      lengths: str | None = None, steps: int | None = None, corpus: str | None = None,
-                     seed: int | None = None) -> ExtrapSpec:
+                     seed: int | None = None, threads: int | None = None) -> ExtrapSpec:
     """The preset (a name in ``presets/`` or a .toml path; default extrap-quick on CPU, extrap-full with
     CUDA) with overrides. Raises ValueError naming an unknown preset, variant, protocol, or an eval length
     below the train length."""
@@ -143,7 +144,7 @@ def load_extrap_spec(preset: str | None = None, *, device: str | None = None, va
     spec = ExtrapSpec(name=raw.get("name", path.stem), device=resolved_device,
                       corpus=corpus or raw.get("corpus", "sotu"), split_seed=raw.get("split_seed", 0),
                       seed=train_config.seed, variants=tuple(names), model=dict(raw["model"]), train=train_config,
-                      linear_impl=impl, eval=eval_config)
+                      linear_impl=impl, eval=eval_config, threads=threads or raw.get("threads"))
     spec.model_config(names[0])  # check the model sizes now
     return spec
 
@@ -183,6 +184,8 @@ class ExtrapolationRun:
     def __init__(self, spec: ExtrapSpec, *, results_dir: str | Path, run_id: str | None = None,
                  shard: str | None = None, progress: bool | None = None) -> None:
         self.spec = spec
+        if spec.threads:
+            torch.set_num_threads(spec.threads)
         distributed_device = setup_distributed()
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.device = distributed_device or torch.device(spec.device)
