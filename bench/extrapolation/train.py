@@ -140,6 +140,8 @@ def train(model: nn.Module, tokens: torch.Tensor, config: TrainConfig, *, device
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
+        if device.type == "cuda" and "cuda_rng" in state:  # SPE draws its codes on the GPU from this one
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
         result.losses, result.resumed_from = list(state["losses"]), int(state["step"])
     wrapped = model
     if world > 1:
@@ -173,8 +175,11 @@ def train(model: nn.Module, tokens: torch.Tensor, config: TrainConfig, *, device
         bar.update(1)
         if checkpoint_path is not None and rank == 0 and (step % config.checkpoint_every == 0
                                                           or step == config.steps):
-            _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                          "losses": result.losses, "rng": torch.get_rng_state()}, checkpoint_path)
+            payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                       "losses": result.losses, "rng": torch.get_rng_state()}
+            if device.type == "cuda":
+                payload["cuda_rng"] = torch.cuda.get_rng_state(device)
+            _save_atomic(payload, checkpoint_path)
             write_loss_curve(result.losses, config, out_dir / LOSS_CURVE)
     bar.close()
     if world > 1:
