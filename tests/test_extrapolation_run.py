@@ -105,3 +105,14 @@ def test_over_budget_is_a_row_with_the_prediction(tmp_path: Path, one_thread) ->
         assert second.status == "over-budget" and "predicted" in second.reason
         assert third.status == "over-budget" and "length 64 of this series was over-budget" in third.reason
     assert by_key[row_key("linear@torch-chunked", 32, 32, "sliding")].stride == 16
+
+
+def test_command_line_reports_bad_input(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    from bench.cli import main
+
+    assert main(["extrapolate", "--n", "64"]) == 2
+    assert "eval length 64 is below the train length 128" in capsys.readouterr().err
+    assert main(["extrapolate", "--corpus", "/no/such/corpus", "--variants", "linear@torch-chunked",
+                 "--results-dir", str(tmp_path)]) == 2
+    assert "'/no/such/corpus'" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # no run directory for a run that could not start

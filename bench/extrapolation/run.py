@@ -184,8 +184,15 @@ class ExtrapolationRun:
     def __init__(self, spec: ExtrapSpec, *, results_dir: str | Path, run_id: str | None = None,
                  shard: str | None = None, progress: bool | None = None) -> None:
         self.spec = spec
-        if spec.threads:
-            torch.set_num_threads(spec.threads)
+        # The corpus first: a bad corpus fails before any run directory exists.
+        self.corpus = load_corpus(spec.corpus, seed=spec.split_seed)
+        self.train_tokens = self.corpus.tokens("train")
+        self.val_tokens = self.corpus.tokens("val")[:spec.eval.eval_tokens + 1]
+        test = self.corpus.tokens("test")
+        if test.numel() < spec.eval.eval_tokens + 1:
+            raise ValueError(f"the test split of {self.corpus.name} has {test.numel()} bytes, fewer than "
+                             f"eval_tokens + 1 = {spec.eval.eval_tokens + 1}")
+        self.test_tokens = test[:spec.eval.eval_tokens + 1]
         distributed_device = setup_distributed()
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.device = distributed_device or torch.device(spec.device)
@@ -199,14 +206,6 @@ class ExtrapolationRun:
         selected = parse_shard(shard)
         self.variants = [v for i, v in enumerate(spec.variants) if selected is None
                          or i % selected[1] == selected[0] - 1]
-        self.corpus = load_corpus(spec.corpus, seed=spec.split_seed)
-        self.train_tokens = self.corpus.tokens("train")
-        self.val_tokens = self.corpus.tokens("val")[:spec.eval.eval_tokens + 1]
-        test = self.corpus.tokens("test")
-        if test.numel() < spec.eval.eval_tokens + 1:
-            raise ValueError(f"the test split of {self.corpus.name} has {test.numel()} bytes, fewer than "
-                             f"eval_tokens + 1 = {spec.eval.eval_tokens + 1}")
-        self.test_tokens = test[:spec.eval.eval_tokens + 1]
         self.device_name: str | None = None
         self.memory_limit = int(spec.eval.memory_fraction * available_memory_bytes(self.device))
         self.dir = self.store.path / TASK
@@ -251,6 +250,17 @@ class ExtrapolationRun:
     # ---- one variant ----------------------------------------------------------------------------------
 
     def run_variant(self, name: str) -> None:
+        """Train and evaluate one variant, under the preset's thread count (restored afterwards, so a pytest
+        session's speed sweep keeps its own)."""
+        threads = torch.get_num_threads()
+        if self.spec.threads:
+            torch.set_num_threads(self.spec.threads)
+        try:
+            self._run_variant(name)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run_variant(self, name: str) -> None:
         variant = get_variant(name)
         done = self.store.done_keys()
         if all(key in done for key, _, _ in self.planned_keys(name)):
