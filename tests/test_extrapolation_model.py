@@ -72,3 +72,23 @@ def test_linear_training_form_equals_the_chunked_form(variant: str) -> None:
 def test_unknown_variant_names_it() -> None:
     with pytest.raises(ValueError, match="linear-nope@chunky"):
         ModelConfig("linear-nope@chunky")
+
+
+def test_spe_starts_as_the_authors_code() -> None:
+    from baselines.spe import ConvSPE, SineSPE
+
+    k = 16
+    conv = ConvSPE(2, 8, kernel_size=k, num_realizations=4)
+    bound = 1 / math.sqrt(k / 2)
+    for f in (conv.query_filter, conv.key_filter):
+        assert float(f.min()) >= 0 and float(f.max()) < bound and float(f.max()) > bound / 2
+    assert (conv.kernel([0]) > 0).all()  # a positive starting kernel
+    assert float(conv.gate.std()) > 0.5  # random, not a constant
+    torch.manual_seed(3)
+    sine = SineSPE(2, 8, num_sines=5, num_realizations=4)
+    torch.manual_seed(3)
+    torch.randn(2, 8)  # the gate is drawn first, then frequencies, phases and gains
+    freq, phase, gain = (torch.randn(2, 8, 5) for _ in range(3))
+    torch.testing.assert_close(sine.freq.data, freq - 4.0)
+    torch.testing.assert_close(sine.phase.data, phase)
+    torch.testing.assert_close(sine.gain.data, gain * 2 / gain.norm(dim=-1, keepdim=True).sqrt())
