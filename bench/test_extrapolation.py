@@ -1,11 +1,13 @@
-"""The extrapolation workload under pytest: ``pytest bench/ --benchmark [--preset extrap-quick] [--variants ...]``.
+"""The extrapolation workload under pytest: ``pytest bench/ --benchmark [--variants ...]``.
 
 One test per variant of the extrapolation preset: it trains the variant (or resumes it) and evaluates it at
 every length and protocol, appending the rows to the run's store exactly as ``python -m bench extrapolate``
-does. ``--preset`` applies when it names an extrapolation preset (extrap-quick, extrap-full or a .toml with
-an ``[eval]`` table); otherwise the default one runs (extrap-quick on CPU, extrap-full with CUDA), so one
-``pytest bench/ --benchmark`` runs both the speed sweep and this. ``--variants``, ``--device``, ``--n``
-(eval lengths), ``--seed``, ``--run-id``, ``--results-dir`` and ``--shard`` apply as on the command line.
+does. Without ``--preset`` the default runs (extrap-quick on CPU, extrap-full with CUDA), so one
+``pytest bench/ --benchmark`` runs both the speed sweep and this; a speed preset (``--preset quick``) skips
+these tests; an extrapolation preset (extrap-quick, extrap-full or a .toml with an ``[eval]`` table) is for
+this file alone: ``pytest bench/test_extrapolation.py --benchmark --preset extrap-full`` (the speed sweep
+does not know it). ``--variants``, ``--device``, ``--n`` (eval lengths), ``--seed``, ``--run-id``,
+``--results-dir`` and ``--shard`` apply as on the command line.
 A variant with an ``error`` row fails; the table of perplexity against eval length prints at the end.
 """
 
@@ -51,6 +53,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
         metafunc.parametrize("extrap_variant", [pytest.param(None, marks=pytest.mark.skip(reason=SKIP_REASON),
                                                              id="needs-benchmark-flag")])
+        return
+    preset = metafunc.config.getoption("preset")
+    if preset is not None and _extrap_preset(preset) is None:
+        reason = (f"--preset {preset} is a speed-sweep preset; the extrapolation workload runs without --preset "
+                  "or with an extrapolation one: pytest bench/test_extrapolation.py --benchmark --preset extrap-quick")
+        metafunc.parametrize("extrap_variant", [pytest.param(None, marks=pytest.mark.skip(reason=reason),
+                                                             id="speed-preset")])
         return
     metafunc.parametrize("extrap_variant", _run(metafunc.config).variants)
 
