@@ -72,8 +72,8 @@ class _SPE(nn.Module, ABC):
         self.num_heads = num_heads
         self.head_dim = head_dim
         self.num_realizations = num_realizations
-        # sigma = sigmoid(0) = 1/2 at start: as much position-independent as positional signal, free to move.
-        self.gate = nn.Parameter(torch.zeros(num_heads, head_dim)) if gated else None
+        # Random gate, as the SPE authors' code starts it: heads and features begin with different mixes.
+        self.gate = nn.Parameter(torch.randn(num_heads, head_dim)) if gated else None
         self.generator: torch.Generator | None = None
 
     def _check(self, q: Tensor, k: Tensor) -> None:
@@ -172,7 +172,9 @@ class SineSPE(_SPE):
         # starts smooth over the distances a model first learns from.
         self.freq = nn.Parameter(torch.randn(shape) - 4.0)
         self.phase = nn.Parameter(torch.randn(shape))
-        self.gain = nn.Parameter(torch.randn(shape))
+        # Gains normalised per (h, d) as in the SPE authors' code: g * 2 / sqrt(|g|), |g| over the K sines.
+        gain = torch.randn(shape)
+        self.gain = nn.Parameter(gain * 2 / gain.norm(dim=-1, keepdim=True).sqrt())
 
     def _parameters64(self) -> tuple[Tensor, Tensor, Tensor]:
         return (torch.sigmoid(self.freq.double()) / 2, F.softplus(self.gain.double()), self.phase.double())
@@ -222,10 +224,11 @@ class ConvSPE(_SPE):
         _check_positive(kernel_size=kernel_size)
         super().__init__(num_heads, head_dim, num_realizations, gated)
         self.kernel_size = kernel_size
-        # 1/sqrt(k) keeps each code's variance near 1 whatever the filter length.
+        # Positive filters U[0, 1) / sqrt(k / 2), as the SPE authors' code starts them: the starting kernel
+        # (their cross-correlation) is positive and peaks at delta = 0, a smooth bias towards nearby tokens.
         shape = (num_heads, head_dim, kernel_size)
-        self.query_filter = nn.Parameter(torch.randn(shape) / math.sqrt(kernel_size))
-        self.key_filter = nn.Parameter(torch.randn(shape) / math.sqrt(kernel_size))
+        self.query_filter = nn.Parameter(torch.rand(shape) / math.sqrt(kernel_size / 2))
+        self.key_filter = nn.Parameter(torch.rand(shape) / math.sqrt(kernel_size / 2))
 
     def kernel(self, delta: Tensor | list[int]) -> Tensor:
         k = self.kernel_size

@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench run | list | merge``."""
+"""Command line: ``python -m bench run | list | merge | extrapolate``."""
 
 from __future__ import annotations
 
@@ -143,6 +143,12 @@ def _merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _extrapolate(args: argparse.Namespace) -> int:
+    from bench.extrapolation.cli import run_extrapolate
+
+    return run_extrapolate(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -167,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--into", required=True, help="run id of the merged run")
     merge.add_argument("--results-dir", dest="results_dir", default=None)
     merge.set_defaults(handler=_merge)
+
+    from bench.extrapolation.cli import add_extrapolate_options
+
+    extrapolate = commands.add_parser("extrapolate", help="train short, evaluate long: perplexity per encoding")
+    add_extrapolate_options(extrapolate.add_argument)
+    extrapolate.set_defaults(handler=_extrapolate)
 
     from bench import selfcheck
 

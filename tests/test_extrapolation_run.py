@@ -1,0 +1,118 @@
+"""The run: bad input fails naming the value; out-of-memory and over-budget lengths become rows with that
+status and the run goes on; rows land in the store's frame; a resumed run adds nothing twice."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.extrapolation.run import ExtrapolationRun, load_extrap_spec, row_key
+from bench.extrapolation.table import extrapolation_table
+
+BIG = 2**17  # softmax's explicit scores at this length need 2 x BIG^2 x 4 bytes = 137 GB: an allocation error
+
+
+def _preset(tmp_path: Path, variants: list[str], lengths: list[int], *, limit: float = 1e6,
+            protocols: tuple[str, ...] = ("non-overlapping",)) -> Path:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    words = ["state", "union", "congress", "nation", "people", "law", "year", "war", "peace", "trade"]
+    rng = random.Random(0)
+    for i in range(20):  # 20 documents of ~80 kB: the test split (2 of them) holds more than BIG bytes
+        (corpus / f"d{i:02d}.txt").write_text(" ".join(rng.choice(words) for _ in range(14000)))
+    path = tmp_path / "tiny.toml"
+    path.write_text(f"""
+name = "tiny"
+device = "cpu"
+corpus = "{corpus}"
+variants = {json.dumps(variants)}
+[model]
+n_layers = 1
+d_model = 16
+n_heads = 2
+[train]
+train_len = 32
+batch_size = 4
+steps = 3
+warmup_steps = 1
+[eval]
+max_len = {max(lengths)}
+protocols = {json.dumps(list(protocols))}
+eval_tokens = {max(lengths)}
+batch_tokens = 4096
+config_time_limit = {limit}
+memory_fraction = 1000.0  # no memory prediction stops a length here: the allocation itself must fail
+""")
+    return path
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_bad_input_names_the_value() -> None:
+    with pytest.raises(ValueError, match="eval length 64 is below the train length 128"):
+        load_extrap_spec("extrap-quick", lengths="64,128")
+    with pytest.raises(ValueError, match="'linear-nope@somewhere'"):
+        load_extrap_spec("extrap-quick", variants="linear-nope@somewhere")
+    with pytest.raises(ValueError, match="'extrap-huge'"):
+        load_extrap_spec("extrap-huge")
+    spec = load_extrap_spec("extrap-quick")
+    assert spec.eval.lengths[-1] >= 16 * spec.train.train_len  # the issue's reach, at least
+
+
+@pytest.mark.slow
+def test_out_of_memory_is_a_row_and_the_run_goes_on(tmp_path: Path, one_thread) -> None:
+    spec = load_extrap_spec(str(_preset(tmp_path, ["softmax@naive", "linear@torch-chunked"], [32, BIG])),
+                            lengths=f"32,{BIG}")
+    run = ExtrapolationRun(spec, results_dir=tmp_path / "results", run_id="r", progress=False)
+    frame = run.run().frame()
+    rows = {(r.variant, r.eval_len): r for r in frame.itertuples()}
+    assert rows["softmax@naive", BIG].status == "oom"
+    assert "allocate" in rows["softmax@naive", BIG].reason
+    for key in (("softmax@naive", 32), ("linear@torch-chunked", 32), ("linear@torch-chunked", BIG)):
+        assert rows[key].status == "ok"
+        assert rows[key].tokens_scored == BIG  # every length scores the same stream
+        assert 0 < rows[key].bits_per_byte < 8.5
+        assert rows[key].peak_mem_bytes > 0
+    assert set(frame["task"]) == {"extrapolation"} and frame["key"].is_unique
+    assert (run.store.path / "extrapolation" / "linear@torch-chunked" / "loss.csv").exists()
+    assert "oom" in extrapolation_table(frame)
+    # Resuming the finished run trains nothing and adds no row.
+    again = ExtrapolationRun(spec, results_dir=tmp_path / "results", run_id="r", progress=False).run()
+    assert len(again.rows()) == len(frame)
+
+
+@pytest.mark.slow
+def test_over_budget_is_a_row_with_the_prediction(tmp_path: Path, one_thread) -> None:
+    spec = load_extrap_spec(str(_preset(tmp_path, ["linear@torch-chunked"], [32, 64, 128], limit=1e-6,
+                                        protocols=("non-overlapping", "sliding"))), lengths="32,64,128")
+    frame = ExtrapolationRun(spec, results_dir=tmp_path / "results", run_id="b", progress=False).run().frame()
+    by_key = {r.key: r for r in frame.itertuples()}
+    for protocol in ("non-overlapping", "sliding"):
+        first = by_key[row_key("linear@torch-chunked", 32, 32, protocol)]
+        second = by_key[row_key("linear@torch-chunked", 32, 64, protocol)]
+        third = by_key[row_key("linear@torch-chunked", 32, 128, protocol)]
+        assert first.status == "ok"
+        assert second.status == "over-budget" and "predicted" in second.reason
+        assert third.status == "over-budget" and "length 64 of this series was over-budget" in third.reason
+    assert by_key[row_key("linear@torch-chunked", 32, 32, "sliding")].stride == 16
+
+
+def test_command_line_reports_bad_input(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    from bench.cli import main
+
+    assert main(["extrapolate", "--n", "64"]) == 2
+    assert "eval length 64 is below the train length 128" in capsys.readouterr().err
+    assert main(["extrapolate", "--corpus", "/no/such/corpus", "--variants", "linear@torch-chunked",
+                 "--results-dir", str(tmp_path)]) == 2
+    assert "'/no/such/corpus'" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # no run directory for a run that could not start
