@@ -50,6 +50,9 @@ def run_extrapolate(args: argparse.Namespace) -> int:
     frame = store.frame()
     print(extrapolation_table(frame))
     print(f"\nresults: {store.path}  (rows.jsonl, results.csv, extrapolation/<variant>/loss.csv)")
+    from reports.render import REPORT_FILE, write_report
+
+    print(f"report: {write_report([store.path], store.path / REPORT_FILE).resolve()}")
     errors = frame[(frame["task"] == "extrapolation") & (frame["status"] == "error")]
     for _, row in errors.iterrows():
         print(f"error: {row['variant']} at {row['eval_len']} ({row['protocol']}): {row['reason']}", file=sys.stderr)
