@@ -11,6 +11,9 @@ a chunk are held as one or two float32 tiles (C, W), never written to memory:
   kernel does not matter (the state is internal).
 - KIND_PERMUTATION: ``f1[:, j] = phi(x[:, pi^s(j)])``, a gathered load, W = D.
 
+A kernel may take the tiles in column blocks of BW (the backward does): every transform above acts on each
+feature column (or pair) alone, so a block of feature columns needs only its own input columns.
+
 phi is 1 + elu. The phasor of position s = offset + c C + i is the product of a coarse table entry (row c,
 the chunk start, computed in float64 on the host) and a fine one (row i < C): float32 error of a few ulp at
 any position, where a float32 angle s theta would be off by ulp(s theta) (~4e-3 rad at s = 65535).
@@ -37,9 +40,9 @@ def _dphi(x):
 
 
 @triton.jit
-def _phasors(COS_C, SIN_C, COS_F, SIN_F, c, coarse_off, fine_off, W: tl.constexpr, C: tl.constexpr):
-    """cos and sin (C, W) of the chunk c's positions: coarse (chunk start) times fine (row in chunk)."""
-    f = tl.arange(0, W)
+def _phasors(COS_C, SIN_C, COS_F, SIN_F, c, coarse_off, fine_off, f, W: tl.constexpr, C: tl.constexpr):
+    """cos and sin (C, len(f)) of the chunk c's positions for the angle columns f: coarse (chunk start) times
+    fine (row in chunk), tables of row length W."""
     i = tl.arange(0, C)
     cc = tl.load(COS_C + coarse_off + c * W + f)[None, :]
     sc = tl.load(SIN_C + coarse_off + c * W + f)[None, :]
@@ -49,9 +52,8 @@ def _phasors(COS_C, SIN_C, COS_F, SIN_F, c, coarse_off, fine_off, W: tl.constexp
 
 
 @triton.jit
-def _perm_cols(MEMBERS, START, POS, LENGTH, perm_off, s, D: tl.constexpr):
-    """pi^s(j) (C, D) for the positions s (C,): members[start[j] + (pos[j] + s) mod length[j]]."""
-    j = tl.arange(0, D)
+def _perm_cols(MEMBERS, START, POS, LENGTH, perm_off, s, j):
+    """pi^s(j) (C, len(j)) for the positions s (C,): members[start[j] + (pos[j] + s) mod length[j]]."""
     start = tl.load(START + perm_off + j)
     pos = tl.load(POS + perm_off + j)
     length = tl.load(LENGTH + perm_off + j)
@@ -60,66 +62,67 @@ def _perm_cols(MEMBERS, START, POS, LENGTH, perm_off, s, D: tl.constexpr):
 
 
 @triton.jit
-def _features(X, rows, rmask, c, s, COS_C, SIN_C, COS_F, SIN_F, coarse_off, fine_off,
+def _features(X, rows, rmask, c, s, wb, COS_C, SIN_C, COS_F, SIN_F, coarse_off, fine_off,
               MEMBERS, START, POS, LENGTH, perm_off,
-              KIND: tl.constexpr, D: tl.constexpr, W: tl.constexpr, C: tl.constexpr):
-    """Transformed features (f1, f2) of the chunk's rows of X (row-major, width D); f2 = f1 for one tile."""
+              KIND: tl.constexpr, D: tl.constexpr, W: tl.constexpr, BW: tl.constexpr, C: tl.constexpr):
+    """Feature columns [wb BW, (wb + 1) BW) of the transformed tiles (f1, f2) of the chunk's rows of X
+    (row-major, width D), in X's dtype (they are only ever matmul operands); f2 = f1 for one-tile kinds."""
     m2 = rmask[:, None]
+    f = wb * BW + tl.arange(0, BW)
     if KIND == 2:
-        half = tl.arange(0, W)
-        base = X + rows[:, None] * D + 2 * half[None, :]
+        base = X + rows[:, None] * D + 2 * f[None, :]
         a = _phi(tl.load(base, mask=m2, other=0.0).to(tl.float32))
         b = _phi(tl.load(base + 1, mask=m2, other=0.0).to(tl.float32))
-        cos, sin = _phasors(COS_C, SIN_C, COS_F, SIN_F, c, coarse_off, fine_off, W, C)
+        cos, sin = _phasors(COS_C, SIN_C, COS_F, SIN_F, c, coarse_off, fine_off, f, W, C)
         f1 = a * cos - b * sin
         f2 = a * sin + b * cos
     elif KIND == 1:
-        p = _phi(tl.load(X + rows[:, None] * D + tl.arange(0, D)[None, :], mask=m2, other=0.0).to(tl.float32))
-        cos, sin = _phasors(COS_C, SIN_C, COS_F, SIN_F, c, coarse_off, fine_off, W, C)
+        p = _phi(tl.load(X + rows[:, None] * D + f[None, :], mask=m2, other=0.0).to(tl.float32))
+        cos, sin = _phasors(COS_C, SIN_C, COS_F, SIN_F, c, coarse_off, fine_off, f, W, C)
         f1 = p * cos
         f2 = p * sin
     elif KIND == 3:
-        cols = _perm_cols(MEMBERS, START, POS, LENGTH, perm_off, s, D)
+        cols = _perm_cols(MEMBERS, START, POS, LENGTH, perm_off, s, f)
         f1 = _phi(tl.load(X + rows[:, None] * D + cols, mask=m2, other=0.0).to(tl.float32))
         f2 = f1
     else:
-        f1 = _phi(tl.load(X + rows[:, None] * D + tl.arange(0, D)[None, :], mask=m2, other=0.0).to(tl.float32))
+        f1 = _phi(tl.load(X + rows[:, None] * D + f[None, :], mask=m2, other=0.0).to(tl.float32))
         f2 = f1
-    f1 = tl.where(m2, f1, 0.0)
-    f2 = tl.where(m2, f2, 0.0)
-    return f1, f2
+    dt = X.dtype.element_ty
+    return tl.where(m2, f1, 0.0).to(dt), tl.where(m2, f2, 0.0).to(dt)
 
 
 @triton.jit
-def _store_feature_grad(X, DX, rows, rmask, c, s, df1, df2, COS_C, SIN_C, COS_F, SIN_F, coarse_off, fine_off,
-                        MEMBERS, START, POS, LENGTH, perm_off,
-                        KIND: tl.constexpr, D: tl.constexpr, W: tl.constexpr, C: tl.constexpr):
-    """The adjoint of ``_features``: from d(f1), d(f2) (C, W) store dL/dX of the chunk's rows into DX."""
+def _store_feature_grad(X, DX, rows, rmask, c, s, wb, df1, df2, COS_C, SIN_C, COS_F, SIN_F, coarse_off,
+                        fine_off, MEMBERS, START, POS, LENGTH, perm_off,
+                        KIND: tl.constexpr, D: tl.constexpr, W: tl.constexpr, BW: tl.constexpr, C: tl.constexpr):
+    """The adjoint of ``_features`` for feature columns block wb: from d(f1), d(f2) (C, BW) float32, store
+    dL/dX at the input columns they come from (each input column belongs to exactly one block)."""
     m2 = rmask[:, None]
     out_ty = DX.dtype.element_ty
+    f = wb * BW + tl.arange(0, BW)
     if KIND == 2:
-        half = tl.arange(0, W)
-        off = rows[:, None] * D + 2 * half[None, :]
+        off = rows[:, None] * D + 2 * f[None, :]
         xe = tl.load(X + off, mask=m2, other=0.0).to(tl.float32)
         xo = tl.load(X + off + 1, mask=m2, other=0.0).to(tl.float32)
-        cos, sin = _phasors(COS_C, SIN_C, COS_F, SIN_F, c, coarse_off, fine_off, W, C)
+        cos, sin = _phasors(COS_C, SIN_C, COS_F, SIN_F, c, coarse_off, fine_off, f, W, C)
         # The inverse rotation (transpose) of each pair, then phi'.
         da = (df1 * cos + df2 * sin) * _dphi(xe)
         db = (df2 * cos - df1 * sin) * _dphi(xo)
         tl.store(DX + off, da.to(out_ty), mask=m2)
         tl.store(DX + off + 1, db.to(out_ty), mask=m2)
     elif KIND == 1:
-        off = rows[:, None] * D + tl.arange(0, D)[None, :]
+        off = rows[:, None] * D + f[None, :]
         x = tl.load(X + off, mask=m2, other=0.0).to(tl.float32)
-        cos, sin = _phasors(COS_C, SIN_C, COS_F, SIN_F, c, coarse_off, fine_off, W, C)
+        cos, sin = _phasors(COS_C, SIN_C, COS_F, SIN_F, c, coarse_off, fine_off, f, W, C)
         tl.store(DX + off, ((df1 * cos + df2 * sin) * _dphi(x)).to(out_ty), mask=m2)
     elif KIND == 3:
         # pi^s is a bijection per row: scattering to the gathered columns writes each element once.
-        off = rows[:, None] * D + _perm_cols(MEMBERS, START, POS, LENGTH, perm_off, s, D)
+        off = rows[:, None] * D + _perm_cols(MEMBERS, START, POS, LENGTH, perm_off, s, f)
         x = tl.load(X + off, mask=m2, other=0.0).to(tl.float32)
         tl.store(DX + off, (df1 * _dphi(x)).to(out_ty), mask=m2)
     else:
-        off = rows[:, None] * D + tl.arange(0, D)[None, :]
+        off = rows[:, None] * D + f[None, :]
         x = tl.load(X + off, mask=m2, other=0.0).to(tl.float32)
         tl.store(DX + off, (df1 * _dphi(x)).to(out_ty), mask=m2)
 

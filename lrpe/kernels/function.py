@@ -16,7 +16,8 @@ import triton
 from torch import Tensor
 
 from lrpe.encoding import LRPE
-from lrpe.kernels.linear_attn_bwd import lrpe_linear_bwd_dkdv, lrpe_linear_bwd_dq
+from lrpe.kernels.features import KIND_ORTHOGONAL, KIND_UNITARY
+from lrpe.kernels.linear_attn_bwd import lrpe_linear_bwd_qk
 from lrpe.kernels.linear_attn_fwd import lrpe_linear_fwd
 from lrpe.kernels.tables import KernelTables, build_tables
 
@@ -26,21 +27,26 @@ DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
 
 @dataclass(frozen=True)
 class LaunchConfig:
-    """Block choices of one launch: BV value columns per forward program, warps per program."""
+    """Block choices: BV value columns per forward program, BW feature columns per dq/dk program, warps and
+    software-pipeline stages per program."""
 
     block_v: int
-    num_warps_fwd: int
-    num_warps_bwd: int
+    block_w: int
+    num_warps: int
+    num_stages: int
 
 
-def launch_config(head_dim: int, value_dim: int) -> LaunchConfig:
-    """Blocks for head dim D and value dim DV (each a power of two in HEAD_DIMS).
+def launch_config(kind: int, head_dim: int, value_dim: int) -> LaunchConfig:
+    """Blocks for a KIND_* code, head dim D and value dim DV (each in HEAD_DIMS).
 
-    BV = 64 at most: the forward state is (W, BV) float32 per tile, 2 x 128 x 64 x 4 B = 64 KiB of registers
-    for unitary at D = 128 with 8 warps; the backward keeps full (W, DV) states, hence 8 warps above D = 64.
+    The forward holds q~, k~ (C x W per tile, input dtype) and the state (W x BV per tile, float32) in
+    registers: unitary at D = 128 (two 128-wide tiles) takes BV = 32 so that it fits without spilling.
+    Two pipeline stages: the loop-carried loads are small, and a third stage only costs shared memory.
     """
     wide = max(head_dim, value_dim) > 64
-    return LaunchConfig(min(value_dim, 64), 8 if wide else 4, 8 if wide else 4)
+    block_v = 32 if kind == KIND_UNITARY and head_dim > 64 else min(value_dim, 64)
+    width = head_dim // 2 if kind == KIND_ORTHOGONAL else head_dim
+    return LaunchConfig(block_v, min(width, 64), 8 if wide else 4, 2)
 
 
 def check_supported(q: Tensor, k: Tensor, v: Tensor, chunk: int) -> None:
@@ -62,20 +68,18 @@ def _common(tables: KernelTables, n: int, offset: int, heads: int, chunk: int) -
 
 
 class FusedLinearAttention(torch.autograd.Function):
-    """Fused forward and backward; see the module docstring. Inputs are made contiguous."""
+    """Fused forward and backward; see the module docstring. Inputs are made contiguous.
+
+    Backward: dv is the forward kernel on (k, q, dO) run anti-causally (REVERSE); dq and dk are
+    ``lrpe_linear_bwd_qk`` on (dO, v, k -> q) and, reversed, on (v, dO, q -> k).
+    """
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, tables: KernelTables, causal: bool, offset: int,
                 chunk: int) -> Tensor:
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        b, h, n, d = q.shape
-        dv = v.shape[-1]
-        cfg = launch_config(d, dv)
         out = torch.empty_like(v)
-        grid = (b * h, triton.cdiv(dv, cfg.block_v))
-        lrpe_linear_fwd[grid](q, k, v, out, *_common(tables, n, offset, h, chunk), D=d, DV=dv, W=tables.width,
-                              BV=cfg.block_v, C=chunk, KIND=tables.kind, TWO=tables.two, CAUSAL=causal,
-                              num_warps=cfg.num_warps_fwd)
+        _launch_linear(q, k, v, out, tables, causal, False, offset, chunk)
         ctx.save_for_backward(q, k, v)
         ctx.tables, ctx.causal, ctx.offset, ctx.chunk = tables, causal, offset, chunk
         return out
@@ -83,18 +87,35 @@ class FusedLinearAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         q, k, v = ctx.saved_tensors
-        tables, causal, chunk = ctx.tables, ctx.causal, ctx.chunk
+        tables, causal, offset, chunk = ctx.tables, ctx.causal, ctx.offset, ctx.chunk
         grad_out = grad_out.contiguous().to(v.dtype)
-        b, h, n, d = q.shape
-        dv_dim = v.shape[-1]
-        cfg = launch_config(d, dv_dim)
-        common = _common(tables, n, ctx.offset, h, chunk)
-        meta = {"D": d, "DV": dv_dim, "W": tables.width, "C": chunk, "KIND": tables.kind, "TWO": tables.two,
-                "CAUSAL": causal, "num_warps": cfg.num_warps_bwd}
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        lrpe_linear_bwd_dq[(b * h,)](q, k, v, grad_out, dq, *common, **meta)
-        lrpe_linear_bwd_dkdv[(b * h,)](q, k, v, grad_out, dk, dv, *common, **meta)
+        _launch_linear(k, q, grad_out, dv, tables, causal, causal, offset, chunk)
+        _launch_grad(grad_out, v, k, q, dq, tables, causal, False, offset, chunk)
+        _launch_grad(v, grad_out, q, k, dk, tables, causal, causal, offset, chunk)
         return dq, dk, dv, None, None, None, None
+
+
+def _launch_linear(q: Tensor, k: Tensor, v: Tensor, out: Tensor, tables: KernelTables, causal: bool,
+                   reverse: bool, offset: int, chunk: int) -> None:
+    b, h, n, d = q.shape
+    dv = v.shape[-1]
+    cfg = launch_config(tables.kind, d, dv)
+    grid = (b * h, triton.cdiv(dv, cfg.block_v))
+    lrpe_linear_fwd[grid](q, k, v, out, *_common(tables, n, offset, h, chunk), D=d, DV=dv, W=tables.width,
+                          BV=cfg.block_v, C=chunk, KIND=tables.kind, TWO=tables.two, CAUSAL=causal,
+                          REVERSE=reverse, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
+def _launch_grad(a: Tensor, b_: Tensor, xf: Tensor, xg: Tensor, dxg: Tensor, tables: KernelTables,
+                 causal: bool, reverse: bool, offset: int, chunk: int) -> None:
+    b, h, n, d = xg.shape
+    dv = a.shape[-1]
+    cfg = launch_config(tables.kind, d, dv)
+    grid = (b * h, triton.cdiv(tables.width, cfg.block_w))
+    lrpe_linear_bwd_qk[grid](a, b_, xf, xg, dxg, *_common(tables, n, offset, h, chunk), D=d, DV=dv,
+                             W=tables.width, BW=cfg.block_w, C=chunk, KIND=tables.kind, TWO=tables.two,
+                             CAUSAL=causal, REVERSE=reverse, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
 def fused_lrpe_linear_attention(q: Tensor, k: Tensor, v: Tensor, positional: LRPE | None = None, *,
