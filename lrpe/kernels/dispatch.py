@@ -2,8 +2,9 @@
 
 "auto" takes the kernels for CUDA tensors when Triton imports and the call is one they compute (below), and
 otherwise falls back to the torch path (the oracle). "triton" is forced: it runs the kernels or raises
-ValueError with the reason, never falls back. Forced calls on CPU tensors run only under the Triton
-interpreter (TRITON_INTERPRET=1 before the kernels are imported), which is how the CPU tests use them.
+ValueError with the reason, never falls back. Forced calls on CPU tensors run only when the kernels were
+defined under the Triton interpreter (TRITON_INTERPRET=1 when ``lrpe.kernels.function`` was imported), which
+is how the CPU tests use them.
 
 The kernels compute: feature map 1 + elu, no qk_transform, positional "none" or an LRPE with P = identity
 (theta not trained through this call), normalize=False, no state in or out, offset >= 0, one dtype of
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +34,10 @@ def triton_reason() -> str | None:
 
 
 def _interpreting() -> bool:
+    """Whether the kernels are (or, not yet imported, will be) defined under the Triton interpreter."""
+    function = sys.modules.get("lrpe.kernels.function")
+    if function is not None:
+        return function.INTERPRETED
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import triton
 from torch import Tensor
+from triton.runtime.interpreter import InterpretedFunction
 
 from lrpe.encoding import LRPE
 from lrpe.kernels.features import KIND_ORTHOGONAL, KIND_UNITARY
@@ -22,6 +23,8 @@ from lrpe.kernels.linear_attn_fwd import lrpe_linear_fwd
 from lrpe.kernels.tables import KernelTables, build_tables
 
 HEAD_DIMS: tuple[int, ...] = (16, 32, 64, 128)
+INTERPRETED: bool = isinstance(lrpe_linear_fwd, InterpretedFunction)
+"""Whether these kernels were defined under TRITON_INTERPRET=1 (they then run on CPU tensors)."""
 DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -40,13 +43,15 @@ def launch_config(kind: int, head_dim: int, value_dim: int) -> LaunchConfig:
     """Blocks for a KIND_* code, head dim D and value dim DV (each in HEAD_DIMS).
 
     The forward holds q~, k~ (C x W per tile, input dtype) and the state (W x BV per tile, float32) in
-    registers: unitary at D = 128 (two 128-wide tiles) takes BV = 32 so that it fits without spilling.
+    registers: unitary at D = 128 (two 128-wide tiles) takes BV = 32 so that it fits without spilling. The
+    dq/dk kernel holds two (DV, BW) float32 states for the two-tile kinds: BW = 32 there (64 spilled).
     Two pipeline stages: the loop-carried loads are small, and a third stage only costs shared memory.
     """
     wide = max(head_dim, value_dim) > 64
     block_v = 32 if kind == KIND_UNITARY and head_dim > 64 else min(value_dim, 64)
     width = head_dim // 2 if kind == KIND_ORTHOGONAL else head_dim
-    return LaunchConfig(block_v, min(width, 64), 8 if wide else 4, 2)
+    two_tiles = kind in (KIND_UNITARY, KIND_ORTHOGONAL)
+    return LaunchConfig(block_v, 32 if two_tiles else min(width, 64), 8 if wide else 4, 2)
 
 
 def check_supported(q: Tensor, k: Tensor, v: Tensor, chunk: int) -> None:
