@@ -27,6 +27,7 @@ from baselines.spe import ConvSPE, SineSPE
 from bench.config import BenchConfig
 from bench.variant import AttentionSpec, Variant, always_available, supports_everything
 from lrpe import P_CHOICES, LinearAttentionCore
+from lrpe.kernels.dispatch import fused_availability
 
 ROPE_LAYOUT = "half"
 """RoPE variants use the half-split (GPT-NeoX) layout; LRPE-orthogonal with P = identity is the
@@ -141,11 +142,17 @@ LINEAR_BACKENDS: dict[str, dict] = {
     "fla": {"impl": fla_linear_attention, "time": "linear", "memory": "linear", "devices": ("cuda",),
             "probe": fla_availability, "causal": (True,), "dtypes": ("float32", "bfloat16", "float16"),
             "about": "flash-linear-attention chunk_linear_attn (Triton); positional transform unfused"},
+    "triton": {"impl": "triton", "time": "linear", "memory": "linear", "devices": ("cuda",),
+               "probe": fused_availability, "causal": (True, False), "dtypes": ("float32", "bfloat16", "float16"),
+               "about": f"lrpe.kernels: 1 + elu and LRPE fused into Triton kernels, C = {CHUNK_SIZE}, float32 state"},
 }
 
 
 def _linear_encodings(backend: str) -> list[tuple[str, str]]:
-    """(pe, P) pairs registered for a linear backend: every P on the fast backends, P = identity on naive."""
+    """(pe, P) pairs registered for a linear backend: every P on the fast backends, P = identity on naive;
+    the fused triton backend takes no positions or LRPE with P = identity."""
+    if backend == "triton":  # the fused kernels: no positions or LRPE with P = identity (lrpe.kernels.dispatch)
+        return [("none", "identity")] + [(f"lrpe-{kind}", "identity") for kind in LRPE_KINDS]
     pairs = [("none", "identity"), ("rope", "identity"), ("spe-sine", "identity"), ("spe-conv", "identity")]
     ps = ("identity",) if backend == "naive" else P_CHOICES
     pairs += [(f"lrpe-{kind}", p) for kind in LRPE_KINDS for p in ps]

@@ -33,6 +33,16 @@ def triton_reason() -> str | None:
     return None
 
 
+def fused_availability() -> str | None:
+    """None when the fused kernels can run here (Triton and a CUDA GPU), else why not (a registry probe)."""
+    reason = triton_reason()
+    if reason:
+        return reason
+    if not torch.cuda.is_available():
+        return "the fused Triton kernels need a CUDA GPU (on CPU only the interpreter runs them, for tests)"
+    return None
+
+
 def _interpreting() -> bool:
     """Whether the kernels are (or, not yet imported, will be) defined under the Triton interpreter."""
     function = sys.modules.get("lrpe.kernels.function")

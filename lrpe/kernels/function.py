@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import triton
 from torch import Tensor
-from triton.runtime.interpreter import InterpretedFunction
+from triton.runtime import JITFunction
 
 from lrpe.encoding import LRPE
 from lrpe.kernels.features import KIND_ORTHOGONAL, KIND_UNITARY
@@ -23,7 +23,7 @@ from lrpe.kernels.linear_attn_fwd import lrpe_linear_fwd
 from lrpe.kernels.tables import KernelTables, build_tables
 
 HEAD_DIMS: tuple[int, ...] = (16, 32, 64, 128)
-INTERPRETED: bool = isinstance(lrpe_linear_fwd, InterpretedFunction)
+INTERPRETED: bool = not isinstance(lrpe_linear_fwd, JITFunction)  # an InterpretedFunction otherwise
 """Whether these kernels were defined under TRITON_INTERPRET=1 (they then run on CPU tensors)."""
 DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
 
