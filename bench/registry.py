@@ -143,7 +143,7 @@ LINEAR_BACKENDS: dict[str, dict] = {
             "probe": fla_availability, "causal": (True,), "dtypes": ("float32", "bfloat16", "float16"),
             "about": "flash-linear-attention chunk_linear_attn (Triton); positional transform unfused"},
     "triton": {"impl": "triton", "time": "linear", "memory": "linear", "devices": ("cuda",),
-               "probe": fused_availability, "causal": (True, False), "dtypes": ("float32", "bfloat16", "float16"),
+               "probe": fused_availability, "causal": (True, False), "dtypes": ("bfloat16", "float16"),
                "about": f"lrpe.kernels: 1 + elu and LRPE fused into Triton kernels, C = {CHUNK_SIZE}, float32 state"},
 }
 

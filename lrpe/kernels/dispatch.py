@@ -8,7 +8,8 @@ is how the CPU tests use them.
 
 The kernels compute: feature map 1 + elu, no qk_transform, positional "none" or an LRPE with P = identity
 (theta not trained through this call), normalize=False, no state in or out, offset >= 0, one dtype of
-float32/bfloat16/float16 for q, k, v, D and DV in (16, 32, 64, 128), chunk_size in (16, 32, 64, 128).
+bfloat16/float16 for q, k, v on a GPU (float32 too under the interpreter), D and DV in (16, 32, 64, 128),
+chunk_size in (16, 32, 64, 128).
 """
 
 from __future__ import annotations

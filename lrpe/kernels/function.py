@@ -25,7 +25,10 @@ from lrpe.kernels.tables import KernelTables, build_tables
 HEAD_DIMS: tuple[int, ...] = (16, 32, 64, 128)
 INTERPRETED: bool = not isinstance(lrpe_linear_fwd, JITFunction)  # an InterpretedFunction otherwise
 """Whether these kernels were defined under TRITON_INTERPRET=1 (they then run on CPU tensors)."""
-DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
+DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16, torch.float32)
+GPU_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16)
+"""float32 runs in the interpreter (the tests' exact path) but is not shipped for GPUs: its IEEE float32 dots
+(no tensor-core form) spill hundreds to thousands of bytes of registers at these blocks (compile_check)."""
 
 
 @dataclass(frozen=True)
@@ -39,19 +42,29 @@ class LaunchConfig:
     num_stages: int
 
 
-def launch_config(kind: int, head_dim: int, value_dim: int) -> LaunchConfig:
-    """Blocks for a KIND_* code, head dim D and value dim DV (each in HEAD_DIMS).
+def launch_config(kind: int, head_dim: int, value_dim: int, capability: int = 90) -> LaunchConfig:
+    """Blocks for a KIND_* code, head dim D and value dim DV (each in HEAD_DIMS) on sm_<capability>.
 
     The forward holds q~, k~ (C x W per tile, input dtype) and the state (W x BV per tile, float32) in
-    registers: unitary at D = 128 (two 128-wide tiles) takes BV = 32 so that it fits without spilling. The
-    dq/dk kernel holds two (DV, BW) float32 states for the two-tile kinds: BW = 32 there (64 spilled).
-    Two pipeline stages: the loop-carried loads are small, and a third stage only costs shared memory.
+    registers: unitary (two D-wide tiles) takes BV = 32 so that it fits without spilling. The dq/dk kernel
+    holds two (DV, BW) float32 states for the two-tile kinds: BW = 32 there (64 spilled). Two pipeline
+    stages, but one for unitary at D = 128 before sm_90, whose two stages need more than the 163 KiB of
+    shared memory an A100 block may have. (Checked by ``compile_check``.)
     """
     wide = max(head_dim, value_dim) > 64
-    block_v = 32 if kind == KIND_UNITARY and head_dim > 64 else min(value_dim, 64)
-    width = head_dim // 2 if kind == KIND_ORTHOGONAL else head_dim
     two_tiles = kind in (KIND_UNITARY, KIND_ORTHOGONAL)
-    return LaunchConfig(block_v, 32 if two_tiles else min(width, 64), 8 if wide else 4, 2)
+    width = head_dim // 2 if kind == KIND_ORTHOGONAL else head_dim
+    block_v = 32 if kind == KIND_UNITARY else min(value_dim, 64)
+    stages = 1 if capability < 90 and kind == KIND_UNITARY and head_dim > 64 else 2
+    return LaunchConfig(block_v, 32 if two_tiles else min(width, 64), 8 if wide else 4, stages)
+
+
+def _capability(x: Tensor) -> int:
+    """sm_XY of x's GPU as XY; 90 for CPU tensors (the interpreter ignores the blocks' resources)."""
+    if x.device.type != "cuda":
+        return 90
+    major, minor = torch.cuda.get_device_capability(x.device)
+    return 10 * major + minor
 
 
 def check_supported(q: Tensor, k: Tensor, v: Tensor, chunk: int) -> None:
@@ -64,6 +77,8 @@ def check_supported(q: Tensor, k: Tensor, v: Tensor, chunk: int) -> None:
     if not (q.dtype == k.dtype == v.dtype) or q.dtype not in DTYPES:
         raise ValueError(f"fused kernels take one dtype of {[str(d) for d in DTYPES]} for q, k, v, "
                          f"got {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.device.type == "cuda" and q.dtype not in GPU_DTYPES:
+        raise ValueError(f"fused kernels on a GPU take {[str(d) for d in GPU_DTYPES]}, got {q.dtype}")
     if chunk not in (16, 32, 64, 128):
         raise ValueError(f"chunk_size must be one of (16, 32, 64, 128) for the fused kernels, got {chunk}")
 
@@ -105,7 +120,7 @@ def _launch_linear(q: Tensor, k: Tensor, v: Tensor, out: Tensor, tables: KernelT
                    reverse: bool, offset: int, chunk: int) -> None:
     b, h, n, d = q.shape
     dv = v.shape[-1]
-    cfg = launch_config(tables.kind, d, dv)
+    cfg = launch_config(tables.kind, d, dv, _capability(q))
     grid = (b * h, triton.cdiv(dv, cfg.block_v))
     lrpe_linear_fwd[grid](q, k, v, out, *_common(tables, n, offset, h, chunk), D=d, DV=dv, W=tables.width,
                           BV=cfg.block_v, C=chunk, KIND=tables.kind, TWO=tables.two, CAUSAL=causal,
@@ -116,7 +131,7 @@ def _launch_grad(a: Tensor, b_: Tensor, xf: Tensor, xg: Tensor, dxg: Tensor, tab
                  causal: bool, reverse: bool, offset: int, chunk: int) -> None:
     b, h, n, d = xg.shape
     dv = a.shape[-1]
-    cfg = launch_config(tables.kind, d, dv)
+    cfg = launch_config(tables.kind, d, dv, _capability(xg))
     grid = (b * h, triton.cdiv(tables.width, cfg.block_w))
     lrpe_linear_bwd_qk[grid](a, b_, xf, xg, dxg, *_common(tables, n, offset, h, chunk), D=d, DV=dv,
                              W=tables.width, BW=cfg.block_w, C=chunk, KIND=tables.kind, TWO=tables.two,
