@@ -103,6 +103,16 @@ def test_angles_accurate_near_64k(kernels, kind):
 
 
 @in_child
+@pytest.mark.parametrize("kind", ["unitary", "permutation"])
+def test_sm80_blocks(kernels, kind, monkeypatch):
+    # The blocks launched before sm_90 (BV = 32, BW = 16 or 32): other column splits of the same sums.
+    monkeypatch.setattr(kernels, "_capability", lambda x: 80)
+    assert kernels.launch_config(1, 128, 128, 80).block_w == 16
+    core = LinearAttentionCore(128, positional=kind, causal=True, impl="quadratic")
+    _compare(kernels, core, 45, 128, 128, seed=13)
+
+
+@in_child
 def test_per_head_parameters(kernels):
     # Per-head permutations (independent draws) and per-head theta: the tables carry a head dimension.
     perm = LinearAttentionCore(64, num_heads=2, positional="permutation", impl="quadratic", seed=3)

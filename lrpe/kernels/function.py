@@ -45,18 +45,20 @@ class LaunchConfig:
 def launch_config(kind: int, head_dim: int, value_dim: int, capability: int = 90) -> LaunchConfig:
     """Blocks for a KIND_* code, head dim D and value dim DV (each in HEAD_DIMS) on sm_<capability>.
 
-    The forward holds q~, k~ (C x W per tile, input dtype) and the state (W x BV per tile, float32) in
-    registers: unitary (two D-wide tiles) takes BV = 32 so that it fits without spilling. The dq/dk kernel
-    holds two (DV, BW) float32 states for the two-tile kinds: BW = 32 there (64 spilled). Two pipeline
-    stages, but one for unitary at D = 128 before sm_90, whose two stages need more than the 163 KiB of
-    shared memory an A100 block may have. (Checked by ``compile_check``.)
+    sm_90 (wgmma, accumulators partly off the register file): the forward holds q~, k~ (C x W per tile,
+    input dtype) and the state (W x BV per tile, float32) in registers; unitary (two D-wide tiles) takes
+    BV = 32 to fit. The dq/dk kernel holds two (DV, BW) float32 states for the two-tile kinds: BW = 32 there.
+    Two pipeline stages. Before sm_90 (mma.sync, every accumulator in registers) the same blocks spill a few
+    to a few hundred bytes: 8 warps, BV = 32, BW = 32 (16 for two-tile kinds at D = 128) and one stage.
+    Each choice is the smallest change that ``compile_check`` found free of spills.
     """
     wide = max(head_dim, value_dim) > 64
     two_tiles = kind in (KIND_UNITARY, KIND_ORTHOGONAL)
     width = head_dim // 2 if kind == KIND_ORTHOGONAL else head_dim
+    if capability < 90:
+        return LaunchConfig(32, 16 if two_tiles and wide else min(width, 32), 8, 1)
     block_v = 32 if kind == KIND_UNITARY else min(value_dim, 64)
-    stages = 1 if capability < 90 and kind == KIND_UNITARY and head_dim > 64 else 2
-    return LaunchConfig(block_v, 32 if two_tiles else min(width, 64), 8 if wide else 4, stages)
+    return LaunchConfig(block_v, 32 if two_tiles else min(width, 64), 8 if wide else 4, 2)
 
 
 def _capability(x: Tensor) -> int:
