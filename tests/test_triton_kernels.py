@@ -105,7 +105,8 @@ def test_angles_accurate_near_64k(kernels, kind):
 @in_child
 @pytest.mark.parametrize("kind", ["unitary", "permutation"])
 def test_sm80_blocks(kernels, kind, monkeypatch):
-    # The blocks launched before sm_90 (BV = 32, BW = 16 or 32): other column splits of the same sums.
+    # The blocks launched before sm_90 (BV = 32, BW = 16 for unitary, 32 for permutation): other column
+    # splits of the same sums.
     monkeypatch.setattr(kernels, "_capability", lambda x: 80)
     assert kernels.launch_config(1, 128, 128, 80).block_w == 16
     core = LinearAttentionCore(128, positional=kind, causal=True, impl="quadratic")

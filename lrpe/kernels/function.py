@@ -49,14 +49,14 @@ def launch_config(kind: int, head_dim: int, value_dim: int, capability: int = 90
     input dtype) and the state (W x BV per tile, float32) in registers; unitary (two D-wide tiles) takes
     BV = 32 to fit. The dq/dk kernel holds two (DV, BW) float32 states for the two-tile kinds: BW = 32 there.
     Two pipeline stages. Before sm_90 (mma.sync, every accumulator in registers) the same blocks spill a few
-    to a few hundred bytes: 8 warps, BV = 32, BW = 32 (16 for two-tile kinds at D = 128) and one stage.
+    to a few hundred bytes: 8 warps, BV = 32, BW = 32 (16 for the two-tile kinds) and one stage.
     Each choice is the smallest change that ``compile_check`` found free of spills.
     """
     wide = max(head_dim, value_dim) > 64
     two_tiles = kind in (KIND_UNITARY, KIND_ORTHOGONAL)
     width = head_dim // 2 if kind == KIND_ORTHOGONAL else head_dim
     if capability < 90:
-        return LaunchConfig(32, 16 if two_tiles and wide else min(width, 32), 8, 1)
+        return LaunchConfig(32, 16 if two_tiles else min(width, 32), 8, 1)
     block_v = 32 if kind == KIND_UNITARY else min(value_dim, 64)
     return LaunchConfig(block_v, 32 if two_tiles else min(width, 64), 8 if wide else 4, 2)
 
