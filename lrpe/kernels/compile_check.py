@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -87,17 +88,32 @@ def _source(cfg: Config, capability: int) -> tuple[ASTSource, LaunchConfig]:
     return ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs), launch
 
 
+def _ptxas_path(capability: int) -> str:
+    """The ptxas Triton itself runs for sm_<capability> (triton 3.9 takes a newer one from sm_90 on, matching
+    the PTX version it emits); older Tritons without ``get_ptxas(arch)``: the one in the wheel, or on PATH."""
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        return get_ptxas(capability).path
+    except (ImportError, TypeError, AttributeError):
+        import triton.backends.nvidia as nvidia_backend
+
+        bundled = os.path.join(os.path.dirname(nvidia_backend.__file__), "bin", "ptxas")
+        found = bundled if os.path.isfile(bundled) else shutil.which("ptxas")
+        if not found:
+            raise RuntimeError(f"no ptxas: set TRITON_PTXAS_PATH or install a triton wheel with {bundled}") from None
+        return found
+
+
 def _ptxas_resources(ptx: str, arch: str) -> dict[str, int]:
     """Registers, spill stores/loads and stack from ``ptxas -v`` on the PTX."""
-    from triton.backends.nvidia.compiler import get_ptxas
-
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "k.ptx")
         with open(path, "w") as f:
             f.write(ptx)
-        proc = subprocess.run([get_ptxas(arch=int(arch.removeprefix("sm_").rstrip("a"))).path, "-v",
-                               f"--gpu-name={arch}", path, "-o", os.path.join(tmp, "k.cubin")],
-                              capture_output=True, text=True, check=True)
+        capability = int(arch.removeprefix("sm_").rstrip("a"))
+        command = [_ptxas_path(capability), "-v", f"--gpu-name={arch}", path, "-o", os.path.join(tmp, "k.cubin")]
+        proc = subprocess.run(command, capture_output=True, text=True, check=True)
     log = proc.stderr + proc.stdout
     regs = re.search(r"Used (\d+) registers", log)
     spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
