@@ -27,7 +27,7 @@ from baselines.spe import ConvSPE, SineSPE
 from bench.config import BenchConfig
 from bench.variant import AttentionSpec, Variant, always_available, supports_everything
 from lrpe import P_CHOICES, LinearAttentionCore
-from lrpe.kernels.dispatch import fused_availability
+from lrpe.kernels.dispatch import FUSED_HEAD_DIMS, fused_availability
 
 ROPE_LAYOUT = "half"
 """RoPE variants use the half-split (GPT-NeoX) layout; LRPE-orthogonal with P = identity is the
@@ -44,6 +44,10 @@ SWEEP_P = ("identity", "householder")
 
 def _even_head_dim(config: BenchConfig) -> str | None:
     return None if config.d % 2 == 0 else f"head dim {config.d} must be even for pairwise rotation"
+
+
+def _fused_head_dim(config: BenchConfig) -> str | None:
+    return None if config.d in FUSED_HEAD_DIMS else f"the fused kernels take head dim {FUSED_HEAD_DIMS}, got {config.d}"
 
 
 # ---- builders -----------------------------------------------------------------------------------------
@@ -178,7 +182,8 @@ def _linear_variants() -> list[Variant]:
                 builder=partial(_linear, pe=pe, p=p, impl=info["impl"]),
                 time_complexity=info["time"], memory_complexity=info["memory"], devices=info["devices"],
                 dtypes=info["dtypes"], causal_modes=info["causal"], probe=info["probe"],
-                check=_even_head_dim if needs_even else supports_everything, key_width=_key_width(pe),
+                check=_fused_head_dim if backend == "triton" else _even_head_dim if needs_even else supports_everything,
+                key_width=_key_width(pe),
                 chunk_size=CHUNK_SIZE if info["time"] == "linear" else None,
                 in_sweeps=p in SWEEP_P, description=info["about"], options={"p": p}))
     return out

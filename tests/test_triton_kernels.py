@@ -175,7 +175,7 @@ def test_check_supported_names_the_bad_value(kernels):
     q = torch.randn(1, 1, 8, 64)
     with pytest.raises(ValueError, match="one dtype"):
         kernels.check_supported(q, q, q.double(), 64)
-    with pytest.raises(ValueError, match=r"chunk_size must be one of .* got 48"):
+    with pytest.raises(ValueError, match=r"chunk_size must be one of \(16, 32, 64\) .* got 48"):
         kernels.check_supported(q, q, q, 48)
 
 

@@ -8,8 +8,8 @@ is how the CPU tests use them.
 
 The kernels compute: feature map 1 + elu, no qk_transform, positional "none" or an LRPE with P = identity
 (theta not trained through this call), normalize=False, no state in or out, offset >= 0, one dtype of
-bfloat16/float16 for q, k, v on a GPU (float32 too under the interpreter), D and DV in (16, 32, 64, 128),
-chunk_size in (16, 32, 64, 128).
+bfloat16/float16 for q, k, v on an sm_80+ GPU (float32 too under the interpreter), D and DV in (64, 128),
+chunk_size 64 (16 and 32 too under the interpreter).
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from lrpe.encoding import LRPE
 from lrpe.feature_maps import elu1
 
 FUSED_IMPLS: tuple[str, ...] = ("triton",)
+FUSED_HEAD_DIMS: tuple[int, ...] = (64, 128)
+"""D and DV the kernels take: the ones compile_check covers (D = 16 orthogonal would make 8-wide dots)."""
 
 
 def triton_reason() -> str | None:

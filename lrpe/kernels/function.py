@@ -17,12 +17,16 @@ from torch import Tensor
 from triton.runtime import JITFunction
 
 from lrpe.encoding import LRPE
+from lrpe.kernels.dispatch import FUSED_HEAD_DIMS
 from lrpe.kernels.features import KIND_ORTHOGONAL, KIND_UNITARY
 from lrpe.kernels.linear_attn_bwd import lrpe_linear_bwd_qk
 from lrpe.kernels.linear_attn_fwd import lrpe_linear_fwd
 from lrpe.kernels.tables import KernelTables, build_tables
 
-HEAD_DIMS: tuple[int, ...] = (16, 32, 64, 128)
+HEAD_DIMS: tuple[int, ...] = FUSED_HEAD_DIMS
+GPU_CHUNKS: tuple[int, ...] = (64,)
+"""Chunk sizes on a GPU (the compiled and checked one); the interpreter also takes 16 and 32 (CPU tests)."""
+INTERPRETER_CHUNKS: tuple[int, ...] = (16, 32, 64)
 INTERPRETED: bool = not isinstance(lrpe_linear_fwd, JITFunction)  # an InterpretedFunction otherwise
 """Whether these kernels were defined under TRITON_INTERPRET=1 (they then run on CPU tensors)."""
 DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16, torch.float32)
@@ -79,10 +83,15 @@ def check_supported(q: Tensor, k: Tensor, v: Tensor, chunk: int) -> None:
     if not (q.dtype == k.dtype == v.dtype) or q.dtype not in DTYPES:
         raise ValueError(f"fused kernels take one dtype of {[str(d) for d in DTYPES]} for q, k, v, "
                          f"got {q.dtype}, {k.dtype}, {v.dtype}")
-    if q.device.type == "cuda" and q.dtype not in GPU_DTYPES:
+    on_gpu = q.device.type == "cuda"
+    if on_gpu and q.dtype not in GPU_DTYPES:
         raise ValueError(f"fused kernels on a GPU take {[str(d) for d in GPU_DTYPES]}, got {q.dtype}")
-    if chunk not in (16, 32, 64, 128):
-        raise ValueError(f"chunk_size must be one of (16, 32, 64, 128) for the fused kernels, got {chunk}")
+    if on_gpu and _capability(q) < 80:
+        raise ValueError(f"fused kernels need sm_80 or newer (compiled and checked for sm_80, sm_90), "
+                         f"got sm_{_capability(q)}")
+    chunks = GPU_CHUNKS if on_gpu else INTERPRETER_CHUNKS
+    if chunk not in chunks:
+        raise ValueError(f"chunk_size must be one of {chunks} for the fused kernels here, got {chunk}")
 
 
 def _common(tables: KernelTables, n: int, offset: int, heads: int, chunk: int) -> tuple:
