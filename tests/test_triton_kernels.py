@@ -89,8 +89,8 @@ def test_values_and_gradients_match_oracle(kernels, kind, causal, d):
 @pytest.mark.parametrize("kind", ["orthogonal", "permutation"])
 def test_whole_chunks_and_value_width(kernels, kind):
     # N a multiple of the chunk (no tail), the shipped chunk of 64, and DV != D.
-    core = LinearAttentionCore(64, positional=kind, causal=True, impl="quadratic")
-    _compare(kernels, core, 128, 64, 32, chunk=64, seed=5)
+    core = LinearAttentionCore(128, positional=kind, causal=True, impl="quadratic")
+    _compare(kernels, core, 128, 128, 64, chunk=64, seed=5)
 
 
 @in_child
