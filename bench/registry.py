@@ -27,6 +27,7 @@ from baselines.spe import ConvSPE, SineSPE
 from bench.config import BenchConfig
 from bench.variant import AttentionSpec, Variant, always_available, supports_everything
 from lrpe import P_CHOICES, LinearAttentionCore
+from lrpe.kernels.dispatch import FUSED_HEAD_DIMS, fused_availability
 
 ROPE_LAYOUT = "half"
 """RoPE variants use the half-split (GPT-NeoX) layout; LRPE-orthogonal with P = identity is the
@@ -45,10 +46,17 @@ def _even_head_dim(config: BenchConfig) -> str | None:
     return None if config.d % 2 == 0 else f"head dim {config.d} must be even for pairwise rotation"
 
 
+def _fused_head_dim(config: BenchConfig) -> str | None:
+    return None if config.d in FUSED_HEAD_DIMS else f"the fused kernels take head dim {FUSED_HEAD_DIMS}, got {config.d}"
+
+
 def _linear_check(pe: str, backend: str) -> Callable[[BenchConfig], str | None]:
-    """The limits of a linear variant: pairwise rotation needs an even D; fla's kernel is probed with the
-    key width its encoding gives (2 D for LRPE-unitary, R for SPE)."""
+    """The limits of a linear variant: pairwise rotation needs an even D; the suite's fused kernels take the
+    head dims they were built for; fla's kernel is probed with the key width its encoding gives (2 D for
+    LRPE-unitary, R for SPE)."""
     needs_even = pe in ("lrpe-orthogonal", "rope")
+    if backend == "triton":
+        return _fused_head_dim
     if backend != "fla":
         return _even_head_dim if needs_even else supports_everything
     key_width = _key_width(pe)
@@ -156,11 +164,17 @@ LINEAR_BACKENDS: dict[str, dict] = {
     "fla": {"impl": fla_linear_attention, "time": "linear", "memory": "linear", "devices": ("cuda",),
             "probe": fla_availability, "causal": (True,), "dtypes": ("float32", "bfloat16", "float16"),
             "about": "flash-linear-attention chunk_linear_attn (Triton); positional transform unfused"},
+    "triton": {"impl": "triton", "time": "linear", "memory": "linear", "devices": ("cuda",),
+               "probe": fused_availability, "causal": (True, False), "dtypes": ("bfloat16", "float16"),
+               "about": f"lrpe.kernels: 1 + elu and LRPE fused into Triton kernels, C = {CHUNK_SIZE}, float32 state"},
 }
 
 
 def _linear_encodings(backend: str) -> list[tuple[str, str]]:
-    """(pe, P) pairs registered for a linear backend: every P on the fast backends, P = identity on naive."""
+    """(pe, P) pairs registered for a linear backend: every P on the fast backends, P = identity on naive;
+    the fused triton backend takes no positions or LRPE with P = identity."""
+    if backend == "triton":  # the fused kernels: no positions or LRPE with P = identity (lrpe.kernels.dispatch)
+        return [("none", "identity")] + [(f"lrpe-{kind}", "identity") for kind in LRPE_KINDS]
     pairs = [("none", "identity"), ("rope", "identity"), ("spe-sine", "identity"), ("spe-conv", "identity")]
     ps = ("identity",) if backend == "naive" else P_CHOICES
     pairs += [(f"lrpe-{kind}", p) for kind in LRPE_KINDS for p in ps]

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from lrpe.attention import IMPLS, LinearAttentionState, linear_attention, linear_attention_step
 from lrpe.encoding import KINDS, LRPE
 from lrpe.feature_maps import FeatureMap, get_feature_map
+from lrpe.kernels.dispatch import FUSED_IMPLS, fused_attention
 
 POSITIONAL_CHOICES: tuple[str, ...] = ("none", *KINDS)
 
@@ -52,9 +53,11 @@ class LinearAttentionCore(nn.Module):
         qk_transform: optional module with ``forward(q, k, offset) -> (q', k')`` applied before the feature
             map (e.g. SPE).
         normalize: divide by the denominator of the untransformed features plus ``eps`` (module docstring).
-        causal, impl, chunk_size: as in ``lrpe.linear_attention``; ``impl`` may also be an external kernel,
-            a callable ``(q, k, v, *, causal) -> out`` on the transformed features computing the unnormalised
-            numerator (e.g. flash-linear-attention's; the suite registers it as a backend).
+        causal, impl, chunk_size: as in ``lrpe.linear_attention``, plus "triton" (the fused kernels of
+            ``lrpe.kernels``, forced), and "auto" takes them on CUDA where they apply (``lrpe.kernels.dispatch``);
+            ``impl`` may also be an external kernel, a callable ``(q, k, v, *, causal) -> out`` on the
+            transformed features computing the unnormalised numerator (e.g. flash-linear-attention's; the
+            suite registers it as a backend).
         seed: seeds the LRPE's random parts (Householder v, permutation).
 
     forward(q, k, v, offset=0): q, k (B, H, N, D), v (B, H, N, Dv) -> (B, H, N, Dv) in v's dtype; token n is
@@ -67,8 +70,8 @@ class LinearAttentionCore(nn.Module):
                  causal: bool = True, impl: str | Callable[..., Tensor] = "chunked", chunk_size: int = 64,
                  seed: int = 0) -> None:
         super().__init__()
-        if not callable(impl) and impl not in IMPLS:
-            raise ValueError(f"unknown impl {impl!r}; allowed: {list(IMPLS)} or a kernel callable")
+        if not callable(impl) and impl not in (*IMPLS, *FUSED_IMPLS):
+            raise ValueError(f"unknown impl {impl!r}; allowed: {[*IMPLS, *FUSED_IMPLS]} or a kernel callable")
         if callable(impl) and normalize:
             raise ValueError("an external kernel impl computes the unnormalised numerator; use normalize=False")
         if chunk_size < 1:
@@ -109,6 +112,11 @@ class LinearAttentionCore(nn.Module):
                 return_state: bool) -> Tensor | tuple[Tensor, LinearAttentionState]:
         # The untransformed features feed the denominator and a state's k_sum; otherwise they are not needed.
         need_untransformed = self.normalize or return_state or state is not None
+        if isinstance(self.impl, str) and self.impl in ("auto", *FUSED_IMPLS):
+            # The fused Triton kernels (lrpe.kernels.dispatch): "auto" falls back to the torch path below.
+            out = fused_attention(self, q, k, v, offset, has_state=state is not None or return_state)
+            if out is not None:
+                return out
         qf, kf, qp, kp = self._features(q, k, offset, keep_untransformed=need_untransformed)
         if callable(self.impl):
             if state is not None or return_state:

@@ -1,0 +1,106 @@
+"""Choosing the fused Triton kernels for a ``LinearAttentionCore`` call (impl "auto" or "triton").
+
+"auto" takes the kernels for CUDA tensors when Triton imports and the call is one they compute (below), and
+otherwise falls back to the torch path (the oracle). "triton" is forced: it runs the kernels or raises
+ValueError with the reason, never falls back. Forced calls on CPU tensors run only when the kernels were
+defined under the Triton interpreter (TRITON_INTERPRET=1 when ``lrpe.kernels.function`` was imported), which
+is how the CPU tests use them.
+
+The kernels compute: feature map 1 + elu, no qk_transform, positional "none" or an LRPE with P = identity
+(theta not trained through this call), normalize=False, no state in or out, offset >= 0, one dtype of
+bfloat16/float16 for q, k, v on an sm_80+ GPU (float32 too under the interpreter), D and DV in (64, 128),
+chunk_size 64 (16 and 32 too under the interpreter).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+import torch
+from torch import Tensor, nn
+
+from lrpe.encoding import LRPE
+from lrpe.feature_maps import elu1
+
+FUSED_IMPLS: tuple[str, ...] = ("triton",)
+FUSED_HEAD_DIMS: tuple[int, ...] = (64, 128)
+"""D and DV the kernels take: the ones compile_check covers (D = 16 orthogonal would make 8-wide dots)."""
+
+
+def triton_reason() -> str | None:
+    """None when Triton can be imported, else why not."""
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed (pip install triton)"
+    return None
+
+
+def fused_availability() -> str | None:
+    """None when the fused kernels can run here (Triton and a CUDA GPU), else why not (a registry probe)."""
+    reason = triton_reason()
+    if reason:
+        return reason
+    if not torch.cuda.is_available():
+        return "the fused Triton kernels need a CUDA GPU (on CPU only the interpreter runs them, for tests)"
+    return None
+
+
+def _interpreting() -> bool:
+    """Whether the kernels are (or, not yet imported, will be) defined under the Triton interpreter."""
+    function = sys.modules.get("lrpe.kernels.function")
+    if function is not None:
+        return function.INTERPRETED
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def unsupported_reason(core: nn.Module, q: Tensor, k: Tensor, v: Tensor, offset: int, *, has_state: bool,
+                       forced: bool) -> str | None:
+    """Why the fused kernels cannot compute this call of ``core`` (a LinearAttentionCore), or None."""
+    if q.device.type != "cuda" and not (forced and _interpreting() and q.device.type == "cpu"):
+        return f"the fused kernels need CUDA tensors (or TRITON_INTERPRET=1 on CPU), got device {q.device}"
+    reason = triton_reason()
+    if reason:
+        return reason
+    if core.feature_map is not elu1:
+        return f"the fused kernels apply 1 + elu; feature map {getattr(core.feature_map, '__name__', '?')!r}"
+    if core.qk_transform is not None:
+        return "the fused kernels take no qk_transform (e.g. SPE)"
+    if core.normalize:
+        return "the fused kernels compute the unnormalised numerator; normalize=True is not fused"
+    if has_state:
+        return "prefill/step with a state are not fused"
+    pos = core.positional
+    if pos is not None and not isinstance(pos, LRPE):
+        return f"the fused kernels take an LRPE or no positional module, got {type(pos).__name__}"
+    if isinstance(pos, LRPE):
+        if pos.p_name != "identity":
+            return f"the fused kernels take P = identity, got p={pos.p_name!r}"
+        if isinstance(pos.theta, nn.Parameter) and pos.theta.requires_grad and torch.is_grad_enabled():
+            return "a learned theta needs its gradient, which the fused kernels do not compute"
+    if offset < 0:
+        return f"the fused kernels take offset >= 0, got {offset}"
+    from lrpe.kernels.function import check_supported
+
+    try:
+        check_supported(q, k, v, core.chunk_size)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def fused_attention(core: nn.Module, q: Tensor, k: Tensor, v: Tensor, offset: int, *, has_state: bool
+                    ) -> Tensor | None:
+    """The fused kernels' output for this call, or None when impl is "auto" and they cannot compute it.
+
+    Raises ValueError with the reason when impl is "triton" (forced) and they cannot."""
+    forced = core.impl in FUSED_IMPLS
+    reason = unsupported_reason(core, q, k, v, offset, has_state=has_state, forced=forced)
+    if reason is not None:
+        if forced:
+            raise ValueError(f"impl='triton': {reason}")
+        return None
+    from lrpe.kernels.function import fused_lrpe_linear_attention
+
+    return fused_lrpe_linear_attention(q, k, v, core.positional, causal=core.causal, offset=offset,
+                                       chunk_size=core.chunk_size)

@@ -1,0 +1,44 @@
+"""Ahead-of-time compile check of the fused kernels for sm_90 (H100) and sm_80 (A100), without a GPU.
+
+Runs ``python -m lrpe.kernels.compile_check`` in a subprocess with TRITON_INTERPRET unset (kernels defined
+under the interpreter cannot be compiled, and the interpreter tests set it for their own process). Each
+configuration the dispatch launches (kernel x LRPE kind x D in {64, 128} x causal) is compiled to PTX and a
+cubin; the check fails on shared memory over the per-block limit, on any register spill (``ptxas -v``), and
+on sm_90 PTX without ``wgmma`` for half inputs. This test compiles the bfloat16 configurations (the dtype
+the GPU sweeps run); ``python -m lrpe.kernels.compile_check`` alone compiles float16 and float32 as well.
+It needs ptxas, which the triton wheel ships.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("triton")
+
+
+@pytest.mark.slow
+def test_every_shipped_configuration_compiles_without_spills(tmp_path):
+    from lrpe.kernels.dispatch import triton_reason
+
+    assert triton_reason() is None
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # triton 3.9 warns when unset; 1 is its current default
+    out = tmp_path / "resources.json"
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "lrpe.kernels.compile_check", "--dtypes", "bf16",
+                           "--arch", "90,80", "--json", str(out)],
+                          env=env, cwd=root, capture_output=True, text=True, timeout=1500)
+    print(proc.stdout)  # the resource table, shown with -s or on failure
+    assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-4000:]
+    rows = json.loads(out.read_text())
+    # 4 kernels (fwd, dv, dq, dk) x 4 kinds x 2 head dims x 2 causal modes x 2 architectures.
+    assert len(rows) == 4 * 4 * 2 * 2 * 2
+    assert all(row["wgmma"] for row in rows if row["arch"] == "sm_90a")
+    assert all(row["mma"] for row in rows if row["arch"] == "sm_80")
+    assert not any(row["failures"] for row in rows)

@@ -1,0 +1,217 @@
+"""The fused Triton kernels (lrpe.kernels) against the torch oracle, through the Triton interpreter on CPU.
+
+Triton decides at *definition* time (``@triton.jit``) whether a function is compiled or interpreted, reading
+TRITON_INTERPRET then, and that includes triton.language's own jit functions (``tl.zeros``), defined when
+triton is first imported. So the interpreter needs TRITON_INTERPRET=1 before anything imports triton, and
+setting it inside a pytest process is too late (and would leak into GPU benchmarks that use compiled
+kernels). This module therefore runs itself: in a normal session ``test_interpreter_run`` starts
+``python -m pytest tests/test_triton_kernels.py`` with TRITON_INTERPRET=1 and asserts that it passes; the
+checks below run in that child and skip in the parent.
+
+Oracle: ``LinearAttentionCore(impl="quadratic")`` in float64 (explicit N x N scores, float64 angles) on the
+same inputs. The kernels run float32 operands with IEEE float32 dots here. bfloat16 is not checked in the
+interpreter: triton 3.9's interpreter returns garbage for ``tl.dot`` on bfloat16 operands (a plain 16 x 16
+bfloat16 dot is off by ~1e10), so float16 stands in for the half-precision path.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lrpe.core import LinearAttentionCore
+
+pytest.importorskip("triton")
+
+INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
+in_child = pytest.mark.skipif(not INTERPRETING, reason="runs in the TRITON_INTERPRET=1 child of "
+                                                       "test_interpreter_run")
+KINDS = ("none", "orthogonal", "unitary", "permutation")
+
+
+@pytest.mark.skipif(INTERPRETING, reason="this is the child run")
+def test_interpreter_run():
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__))],
+                          env=env, cwd=root, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert " passed" in proc.stdout and " failed" not in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    from lrpe.kernels import function
+
+    assert function.INTERPRETED
+    return function
+
+
+def _inputs(n: int, d: int, dv: int, dtype: torch.dtype, seed: int, heads: int = 2):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(1, heads, n, width, generator=gen, dtype=torch.float64).to(dtype).requires_grad_()
+            for width in (d, d, dv)]
+
+
+def _compare(kernels, core: LinearAttentionCore, n: int, d: int, dv: int, *, offset: int = 0, chunk: int = 16,
+             dtype: torch.dtype = torch.float32, seed: int = 0, tol: float = 2e-5) -> None:
+    """Kernel output and (dq, dk, dv) vs the float64 oracle, relative to each reference's largest entry."""
+    q, k, v = _inputs(n, d, dv, dtype, seed, heads=2)
+    out = kernels.fused_lrpe_linear_attention(q, k, v, core.positional, causal=core.causal, offset=offset,
+                                              chunk_size=chunk)
+    assert out.shape == (1, 2, n, dv) and out.dtype == dtype
+    ref = core(q.double(), k.double(), v.double(), offset=offset)
+    grad = torch.randn(ref.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+    got = torch.autograd.grad(out, (q, k, v), grad.to(dtype))
+    want = torch.autograd.grad(ref, (q, k, v), grad)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), (out, *got), (ref, *want), strict=True):
+        err = ((a.double() - b).abs().max() / b.abs().max()).item()
+        assert err < tol, f"{name}: relative error {err:.2e} >= {tol:.0e}"
+
+
+@in_child
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("d", [64, 128])
+def test_values_and_gradients_match_oracle(kernels, kind, causal, d):
+    # N = 37 + ...: never a multiple of the chunk (16), so the masked tail is always exercised; 3-4 chunks.
+    n = 37 + d // 8
+    core = LinearAttentionCore(d, positional=kind, causal=causal, impl="quadratic", seed=d)
+    _compare(kernels, core, n, d, d, offset=3, seed=KINDS.index(kind) + 10 * d + causal)
+
+
+@in_child
+@pytest.mark.parametrize("kind", ["orthogonal", "permutation"])
+def test_whole_chunks_and_value_width(kernels, kind):
+    # N a multiple of the chunk (no tail), the shipped chunk of 64, and DV != D.
+    core = LinearAttentionCore(128, positional=kind, causal=True, impl="quadratic")
+    _compare(kernels, core, 128, 128, 64, chunk=64, seed=5)
+
+
+@in_child
+@pytest.mark.parametrize("kind", ["orthogonal", "unitary"])
+def test_angles_accurate_near_64k(kernels, kind):
+    # Positions 60000..60040: a float32 angle s * theta is off by up to ulp(60000) ~ 4e-3 rad here; the
+    # coarse x fine phasor tables keep the error at float32 rounding, against float64 angles in the oracle.
+    core = LinearAttentionCore(64, positional=kind, causal=True, impl="quadratic")
+    _compare(kernels, core, 41, 64, 64, offset=60000, seed=7)
+
+
+@in_child
+@pytest.mark.parametrize("kind", ["unitary", "permutation"])
+def test_sm80_blocks(kernels, kind, monkeypatch):
+    # The blocks launched before sm_90 (BV = 32, BW = 16 for unitary, 32 for permutation): other column
+    # splits of the same sums.
+    monkeypatch.setattr(kernels, "_capability", lambda x: 80)
+    assert kernels.launch_config(1, 128, 128, 80).block_w == 16
+    core = LinearAttentionCore(128, positional=kind, causal=True, impl="quadratic")
+    _compare(kernels, core, 45, 128, 128, seed=13)
+
+
+@in_child
+def test_per_head_parameters(kernels):
+    # Per-head permutations (independent draws) and per-head theta: the tables carry a head dimension.
+    perm = LinearAttentionCore(64, num_heads=2, positional="permutation", impl="quadratic", seed=3)
+    assert not torch.equal(perm.positional.perm[0], perm.positional.perm[1])
+    _compare(kernels, perm, 40, 64, 64, seed=8)
+    rot = LinearAttentionCore(64, num_heads=2, positional="orthogonal", theta="learned", impl="quadratic")
+    with torch.no_grad():
+        rot.positional.theta[1].mul_(0.5)
+    rot.positional.theta.requires_grad_(False)
+    _compare(kernels, rot, 40, 64, 64, seed=9)
+
+
+@in_child
+@pytest.mark.parametrize("kind", ["orthogonal", "unitary"])
+def test_float16_inputs(kernels, kind):
+    # Half inputs: features and the state enter the dots in float16 (as on the GPU), float32 accumulation.
+    core = LinearAttentionCore(64, positional=kind, causal=True, impl="quadratic")
+    _compare(kernels, core, 40, 64, 64, dtype=torch.float16, seed=11, tol=2e-2)
+
+
+@in_child
+def test_forced_impl_equals_torch_path(kernels):
+    gen = torch.Generator().manual_seed(12)
+    q, k, v = (torch.randn(2, 2, 50, 64, generator=gen) for _ in range(3))
+    fused = LinearAttentionCore(64, positional="unitary", impl="triton", chunk_size=16)
+    torch_path = LinearAttentionCore(64, positional="unitary", impl="chunked", chunk_size=16)
+    want = torch_path(q, k, v, offset=9)
+    # Two float32 computations of sums of ~50 positive-feature products: tolerance relative to the largest.
+    torch.testing.assert_close(fused(q, k, v, offset=9), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
+
+@in_child
+def test_forced_impl_refuses_what_it_cannot_compute(kernels):
+    q = k = v = torch.randn(1, 1, 20, 64)
+    with pytest.raises(ValueError, match=r"P = identity.*householder"):
+        LinearAttentionCore(64, positional="orthogonal", p="householder", impl="triton")(q, k, v)
+    with pytest.raises(ValueError, match="normalize"):
+        LinearAttentionCore(64, normalize=True, impl="triton")(q, k, v)
+    with pytest.raises(ValueError, match=r"D, DV in .* got D=48"):
+        LinearAttentionCore(48, impl="triton")(q[..., :48], k[..., :48], v)
+    with pytest.raises(ValueError, match="offset >= 0"):
+        LinearAttentionCore(64, impl="triton")(q, k, v, offset=-1)
+
+
+@in_child
+def test_auto_keeps_cpu_tensors_on_the_torch_path(kernels):
+    from lrpe.kernels.dispatch import unsupported_reason
+
+    core = LinearAttentionCore(64, positional="orthogonal", impl="auto")
+    q = k = v = torch.randn(1, 1, 20, 64)
+    reason = unsupported_reason(core, q, k, v, 0, has_state=False, forced=False)
+    assert reason is not None and "CUDA" in reason
+    want = LinearAttentionCore(64, positional="orthogonal", impl="chunked")(q, k, v)
+    torch.testing.assert_close(core(q, k, v), want, rtol=0, atol=0)
+
+
+@in_child
+def test_check_supported_names_the_bad_value(kernels):
+    q = torch.randn(1, 1, 8, 64)
+    with pytest.raises(ValueError, match="one dtype"):
+        kernels.check_supported(q, q, q.double(), 64)
+    with pytest.raises(ValueError, match=r"chunk_size must be one of \(16, 32, 64\) .* got 48"):
+        kernels.check_supported(q, q, q, 48)
+
+
+on_gpu = pytest.mark.skipif(INTERPRETING or not torch.cuda.is_available(),
+                            reason="needs a CUDA GPU and compiled (not interpreted) kernels")
+
+
+@on_gpu
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("d", [64, 128])
+def test_cuda_bfloat16_matches_oracle(kind, causal, d):
+    # The compiled kernels at the shipped chunk (64), N = 1000 (a masked tail), bfloat16 operands.
+    from lrpe.kernels.function import fused_lrpe_linear_attention
+
+    core = LinearAttentionCore(d, positional=kind, causal=causal, impl="quadratic").cuda()
+    gen = torch.Generator(device="cuda").manual_seed(d + causal)
+    q, k, v = (torch.randn(1, 2, 1000, d, device="cuda", generator=gen).bfloat16().requires_grad_()
+               for _ in range(3))
+    out = fused_lrpe_linear_attention(q, k, v, core.positional, causal=causal, offset=60000)
+    ref = core(q.double(), k.double(), v.double(), offset=60000)
+    grad = torch.randn(ref.shape, device="cuda", generator=gen, dtype=torch.float64)
+    got = torch.autograd.grad(out, (q, k, v), grad.bfloat16())
+    want = torch.autograd.grad(ref, (q, k, v), grad)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), (out, *got), (ref, *want), strict=True):
+        err = ((a.double() - b).abs().max() / b.abs().max()).item()
+        assert err < 3e-2, f"{name}: relative error {err:.2e}"
+
+
+@on_gpu
+def test_auto_selects_kernels_on_cuda():
+    from lrpe.kernels.dispatch import unsupported_reason
+    from lrpe.kernels.function import fused_lrpe_linear_attention
+
+    core = LinearAttentionCore(64, positional="orthogonal", impl="auto").cuda()
+    q, k, v = (torch.randn(1, 2, 300, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    assert unsupported_reason(core, q, k, v, 0, has_state=False, forced=False) is None
+    torch.testing.assert_close(core(q, k, v), fused_lrpe_linear_attention(q, k, v, core.positional),
+                               rtol=0, atol=0)
