@@ -41,7 +41,11 @@ H100_MS: dict[str, tuple[int, dict[int, tuple[float, float]]]] = {
     "sdpa-math": _NAIVE,                                  # assumed = naive softmax
     "fla": (65536, {64: (0.97, 3.16), 128: (1.85, 6.76)}),            # anchor
     "torch-chunked": (65536, {64: (3.37, 9.05), 128: (7.43, 21.3)}),  # anchor
+    # assumed = fla's figures: the suite's fused kernels are predicted at 1-1.5 ms fwd and 3-4 ms fwd+bwd at
+    # D = 64 (docs/kernels.md), i.e. about fla's; the positional transform is fused, so it adds nothing below.
+    "triton": (65536, {64: (0.97, 3.16), 128: (1.85, 6.76)}),
 }
+FUSED_BACKENDS = ("triton",)
 # Positional transforms outside the kernel, added per call at 64k tokens, 16 heads, D = 64 (x D / 64):
 # LRPE-orthogonal's unfused rotation is ANCHORS.md's 2.21 - 0.97 ms fwd, 6.42 - 3.16 ms fwd+bwd; RoPE and the
 # permutation are assumed to cost the same (one elementwise pass over q and k); LRPE-unitary is its anchored
@@ -55,7 +59,7 @@ H100_PE_MS: dict[str, tuple[float, float]] = {
 HOUSEHOLDER_FACTOR = 1.2
 # Peak memory above the inputs, MiB at 64k tokens, 16 heads, D = 64, fwd+bwd (ANCHORS.md), x D / 64; the
 # forward is taken as half. Explicit-N x N variants: 16 bytes per score element (65824 MiB at 16k x 16 heads).
-H100_PEAK_MIB: dict[str, float] = {"fla": 1408.0, "torch-chunked": 2560.0, "flash": 1160.0}
+H100_PEAK_MIB: dict[str, float] = {"fla": 1408.0, "triton": 1408.0, "torch-chunked": 2560.0, "flash": 1160.0}
 NAIVE_BYTES_PER_SCORE = 16.0
 H100_MEMORY_BYTES = 80 * 10**9
 H100_COPY_GBPS = 3000.0
@@ -88,6 +92,8 @@ def h100_estimate(planned: Planned) -> Estimate:
     else:
         base *= tokens
     pe_ms = H100_PE_MS[variant.pe][0 if fwd else 1] * tokens * config.d / 64
+    if variant.backend in FUSED_BACKENDS:
+        pe_ms = 0.0
     if variant.options.get("p", "identity") != "identity":
         pe_ms *= HOUSEHOLDER_FACTOR
     if naive:
