@@ -1,4 +1,4 @@
-"""Absolute positions: sinusoidal embeddings (Vaswani et al. 2017) and NoPE, MATH.md section 6.
+"""Absolute positions: sinusoidal embeddings (Vaswani et al. 2017) and NoPE, docs/math.md section 6.
 
 Both act on token embeddings (B, N, d_model) before the first layer, not inside attention. They are the
 extrapolation baselines: a model trained at length L with sinusoidal APE meets positions beyond L it never saw

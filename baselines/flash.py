@@ -10,7 +10,7 @@ Backends (:data:`FLASH_BACKENDS`):
   ``memory_efficient_attention`` with one operator family (``baselines.xformers_ops``);
 - ``flex``: compiled FlexAttention with a cached causal block mask (``baselines.flex``).
 
-Each computes ``softmax(Q K^T / sqrt(D) + mask) V`` (MATH.md section 5) and must equal the oracle
+Each computes ``softmax(Q K^T / sqrt(D) + mask) V`` (docs/math.md section 5) and must equal the oracle
 ``baselines.softmax.softmax_attention`` within its dtype's tolerance (:func:`float_tolerance`).
 
 The registry's interface: :func:`availability` (can it run on this machine at all), :func:`unsupported_reason`

@@ -1,4 +1,4 @@
-"""Rotary position embedding (RoFormer, Su et al.), MATH.md section 3.
+"""Rotary position embedding (RoFormer, Su et al.), docs/math.md section 3.
 
 ``rope(x)_m = R(m theta) x_m``: coordinate pairs of the token at position m rotate by ``m theta_i`` with
 ``theta_i = base ** (-2 i / D)``, i < D/2, so that ``rope(q)_m . rope(k)_n = q^T R((n - m) theta) k``.

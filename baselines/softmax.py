@@ -1,6 +1,6 @@
 """Softmax attention with an explicit N x N score matrix: the oracle every FlashAttention backend must equal.
 
-``softmax(Q K^T / sqrt(D) + mask) V`` computed in float32 (float64 for float64 inputs), MATH.md section 5.
+``softmax(Q K^T / sqrt(D) + mask) V`` computed in float32 (float64 for float64 inputs), docs/math.md section 5.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Stochastic positional encoding (SPE; Liutkus et al., ICML 2021), MATH.md section 4.
+"""Stochastic positional encoding (SPE; Liutkus et al., ICML 2021), docs/math.md section 4.
 
 SPE draws random codes Qbar_d(m, .) and Kbar_d(n, .) of R realisations per head h and feature d, whose
 expected product is a learned stationary kernel: ``E[sum_r Qbar_d(m, r) Kbar_d(n, r)] ∝ P_d(m - n)``.

@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print the plan with predicted times for --assume-device (default preset: full); "
                      "runs nothing and needs no GPU")
     run.add_argument("--assume-device", dest="assume_device", default="h100", choices=("h100",),
-                     help="device model of --dry-run: per-call estimates from ANCHORS.md (docs/gpu-timing.md)")
+                     help="device model of --dry-run: per-call estimates from docs/anchors.md (docs/gpu-timing.md)")
     run.set_defaults(handler=_run)
 
     listing = commands.add_parser("list", help="the variant registry, with what can run here")

@@ -6,7 +6,7 @@
 - ``LinearAttentionCore``: the suite's attention-core protocol (feature map, positional transform, attention).
 - ``LinearAttention``: a full layer (projections, heads, output norm) for models.
 
-Formulas and oracles: MATH.md sections 1 and 2.
+Formulas and oracles: docs/math.md sections 1 and 2.
 """
 
 from lrpe.attention import LinearAttentionState, linear_attention, linear_attention_step, normalizer

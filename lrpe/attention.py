@@ -1,4 +1,4 @@
-"""Linear attention on already feature-mapped q, k (MATH.md section 1), in three forms that are one function.
+"""Linear attention on already feature-mapped q, k (docs/math.md section 1), in three forms that are one function.
 
 - "quadratic": the oracle, ``O = ((Q K^T) * M) V`` with an explicit N x N score matrix.
 - "recurrent": a token loop over the state ``S_s = S_{s-1} + k_s v_s^T``, ``o_s = q_s^T S_s`` (decoding).
@@ -119,7 +119,7 @@ def _chunked_causal(q: Tensor, k: Tensor, v: Tensor, chunk: int, kv0: Tensor | N
     """Causal numerator chunk by chunk, in the compute dtype; kv0 (B, H, Dk, Dv) is the prefix state or None.
 
     Per chunk c: ``O_c = Q_c S_c^incl - strict_upper(Q_c K_c^T) V_c`` where S_c^incl is the inclusive prefix
-    of the per-chunk states ``K_c^T V_c``. This equals MATH.md's ``Q_c S_c^excl + tril(Q_c K_c^T) V_c``
+    of the per-chunk states ``K_c^T V_c``. This equals docs/math.md's ``Q_c S_c^excl + tril(Q_c K_c^T) V_c``
     because ``Q_c (K_c^T V_c) = (Q_c K_c^T) V_c``; the inclusive prefix is used where it is built, with no
     shifted copy of the (N/C, Dk, Dv) states, and both products accumulate into one output buffer. The price
     is a subtraction of at most C terms per row, i.e. an error of a few C ulp of the chunk's partial sums

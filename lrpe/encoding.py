@@ -1,4 +1,4 @@
-"""Linearized Relative Positional Encoding (LRPE, arXiv 2307.09270; MATH.md section 2).
+"""Linearized Relative Positional Encoding (LRPE, arXiv 2307.09270; docs/math.md section 2).
 
 A token at position s with (already feature-mapped) features x becomes ``M_s x = Lambda^s P x``, so the
 score of query s and key t is ``(M_s q)^T (M_t k) = q^T W_{t-s} k`` with ``W_r = P^T Lambda^r P``: a relative

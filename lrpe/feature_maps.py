@@ -1,4 +1,4 @@
-"""Feature maps phi for linear attention (MATH.md section 1), applied elementwise to q and k.
+"""Feature maps phi for linear attention (docs/math.md section 1), applied elementwise to q and k.
 
 ``1 + elu(x)`` (name "elu1", alias "1+elu") is the default of Katharopoulos et al. 2020 and keeps every
 feature positive; "relu", "silu" and "identity" are the common alternatives. Every map keeps the shape and

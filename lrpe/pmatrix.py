@@ -1,4 +1,4 @@
-"""The orthogonal matrix P of LRPE (MATH.md section 2, "The P matrix"): M_s = Lambda^s P.
+"""The orthogonal matrix P of LRPE (docs/math.md section 2, "The P matrix"): M_s = Lambda^s P.
 
 Each P is an nn.Module: ``forward(x)`` applies P to the last dimension of x (..., D), i.e. ``x' = P x`` for
 column vectors, and ``matrix()`` returns P as a float64 tensor, (D, D), or (H, D, D) when built per head

@@ -1,4 +1,4 @@
-"""LRPE: the canonical-form oracle (MATH.md section 2) for every kind and P, shift invariance, permutation
+"""LRPE: the canonical-form oracle (docs/math.md section 2) for every kind and P, shift invariance, permutation
 powers at any offset, per-head parameters, precision, and errors."""
 
 from __future__ import annotations

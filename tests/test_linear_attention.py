@@ -1,4 +1,4 @@
-"""Linear attention: quadratic oracle == recurrent == chunked (MATH.md section 1), the denominator, states and
+"""Linear attention: quadratic oracle == recurrent == chunked (docs/math.md section 1), the denominator, states and
 decoding, gradients, half precision, memory shape, and errors."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""FLOP and byte counts of one attention call (MATH.md section 7). Every report prints ``FORMULAS``.
+"""FLOP and byte counts of one attention call (docs/math.md section 7). Every report prints ``FORMULAS``.
 
 A FLOP is a multiply or an add (a multiply-add is 2). Counts are of the algorithm the backend runs:
 softmax and naive (quadratic) linear attention count the two N x N matmuls; chunked linear attention counts

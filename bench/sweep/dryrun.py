@@ -2,7 +2,7 @@
 
 ``python -m bench run --preset full --dry-run`` (``--assume-device h100``, the one model so far) plans the
 sweep for CUDA without probing this machine, predicts each config's per-call time and peak memory from
-``H100_MS`` (ESTIMATES from docs' ANCHORS.md H100 measurements, scaled; see docs/gpu-timing.md), and runs the
+``H100_MS`` (ESTIMATES from docs/anchors.md H100 measurements, scaled; see docs/gpu-timing.md), and runs the
 planner's own budget (``Budget.decide``, the call model of do_bench, compile times) over the plan in order, so
 the printed statuses are those the real run would give if the model is right. Nothing is measured here.
 """
@@ -22,8 +22,8 @@ REF_HEADS = 16
 
 # (reference N, {D: (fwd ms, fwd+bwd ms)}) per backend, 16 heads, bf16, causal. Quadratic backends: batch 1 at
 # the reference N (time ~ batch x heads x N^2); linear backends: batch x N = 64k tokens (time ~ batch x heads
-# x N). "anchor": ANCHORS.md's H100 medians; "assumed": an anchored kernel's figure reused for a kernel of the
-# same algorithm, or a D = 128 figure taken as 2x D = 64 where ANCHORS.md has none.
+# x N). "anchor": docs/anchors.md's H100 medians; "assumed": an anchored kernel's figure reused for a kernel of the
+# same algorithm, or a D = 128 figure taken as 2x D = 64 where docs/anchors.md has none.
 _FA2 = (65536, {64: (27.5, 104.9), 128: (51.6, 189.4)})
 _CUDNN = (65536, {64: (19.0, 66.9), 128: (28.1, 107.6)})
 _EFFICIENT = (16384, {64: (4.38, 18.8), 128: (8.76, 37.6)})
@@ -47,7 +47,7 @@ H100_MS: dict[str, tuple[int, dict[int, tuple[float, float]]]] = {
 }
 FUSED_BACKENDS = ("triton",)
 # Positional transforms outside the kernel, added per call at 64k tokens, 16 heads, D = 64 (x D / 64):
-# LRPE-orthogonal's unfused rotation is ANCHORS.md's 2.21 - 0.97 ms fwd, 6.42 - 3.16 ms fwd+bwd; RoPE and the
+# LRPE-orthogonal's unfused rotation is docs/anchors.md's 2.21 - 0.97 ms fwd, 6.42 - 3.16 ms fwd+bwd; RoPE and the
 # permutation are assumed to cost the same (one elementwise pass over q and k); LRPE-unitary is its anchored
 # 2.28 / 6.24 ms minus fla's 0.97 / 3.16 (its doubled key width included); SPE has no anchor: assumed 3x
 # LRPE-unitary's (R = 64 realisations); a Householder P is assumed +20% of the transform.
@@ -57,7 +57,7 @@ H100_PE_MS: dict[str, tuple[float, float]] = {
     "lrpe-unitary": (1.31, 3.08), "spe-sine": (3.93, 9.24), "spe-conv": (3.93, 9.24),
 }
 HOUSEHOLDER_FACTOR = 1.2
-# Peak memory above the inputs, MiB at 64k tokens, 16 heads, D = 64, fwd+bwd (ANCHORS.md), x D / 64; the
+# Peak memory above the inputs, MiB at 64k tokens, 16 heads, D = 64, fwd+bwd (docs/anchors.md), x D / 64; the
 # forward is taken as half. Explicit-N x N variants: 16 bytes per score element (65824 MiB at 16k x 16 heads).
 H100_PEAK_MIB: dict[str, float] = {"fla": 1408.0, "triton": 1408.0, "torch-chunked": 2560.0, "flash": 1160.0}
 NAIVE_BYTES_PER_SCORE = 16.0
@@ -127,7 +127,7 @@ def dry_run(spec: SweepSpec, device_model: str = "h100") -> pd.DataFrame:
         if status is None:
             est = h100_estimate(planned)
             ms = est.ms
-            pred = Prediction(est.ms / 1e3, est.peak_bytes, f"{device_model} estimate from ANCHORS.md")
+            pred = Prediction(est.ms / 1e3, est.peak_bytes, f"{device_model} estimate from docs/anchors.md")
             reason = budget.decide(planned, pred, rows, elapsed)
             if reason is None:
                 status = "ok"
@@ -145,7 +145,7 @@ def dry_run(spec: SweepSpec, device_model: str = "h100") -> pd.DataFrame:
 def dry_run_text(frame: pd.DataFrame, spec: SweepSpec, device_model: str) -> str:
     """The dry run as text: one line per config, then coverage by family and encoding, then totals."""
     lines = [f"DRY RUN of preset {spec.name} on an assumed {device_model}: per-call times are ESTIMATES from "
-             f"ANCHORS.md's H100 measurements (bench/sweep/dryrun.py, docs/gpu-timing.md); nothing was measured.",
+             f"docs/anchors.md's H100 measurements (bench/sweep/dryrun.py, docs/gpu-timing.md); nothing was measured.",
              f"limits: {spec.limits.config_seconds:g} s per config, {spec.limits.total_seconds:g} s in all; "
              f"timer {TIMER_DO_BENCH}; availability assumed (no probes on this machine)", ""]
     with pd.option_context("display.max_rows", None, "display.width", 250, "display.max_colwidth", 110):
