@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench run | list | merge``."""
+"""Command line: ``python -m bench run | list | merge | gate``."""
 
 from __future__ import annotations
 
@@ -145,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--into", required=True, help="run id of the merged run")
     merge.add_argument("--results-dir", dest="results_dir", default=None)
     merge.set_defaults(handler=_merge)
+
+    from bench import gate as gate_module
+
+    gate = commands.add_parser("gate", help="CI regression gate: run the gated configs, compare with the budgets")
+    gate_module.add_arguments(gate)
+    gate.set_defaults(handler=gate_module.main)
     return parser
 
 

@@ -23,7 +23,8 @@ from bench.variant import Variant
 
 Timer = Callable[[Callable[[], object], float], Timing]
 """(workload, seconds of one call measured during warm-up) -> Timing. The default is bench.measure.timing's
-``time_callable``; pytest runs pass one that goes through pytest-benchmark."""
+``time_callable``; pytest runs pass one that goes through pytest-benchmark; a timer's ``label`` attribute,
+if it has one, names its clock in the row's ``timer`` column."""
 
 MAX_REASON = 600
 
@@ -108,7 +109,7 @@ class Executor:
                     row["timer"] = "do_bench/cuda" if config.device == "cuda" else "perf_counter"
                 else:
                     timing = timer(fn, warm_s / max(calls, 1))
-                    row["timer"] = "pytest-benchmark"
+                    row["timer"] = getattr(timer, "label", "pytest-benchmark")
             finally:
                 if sampler is not None:
                     sampler.__exit__(None, None, None)

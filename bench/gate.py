@@ -1,0 +1,498 @@
+"""CI regression gates on speed and memory: ``python -m bench gate [--budgets FILE] [--run DIR] [--update]``.
+
+What is gated (the budgets live in ``bench/budgets/cpu-gate.json``, written by ``--update``):
+    ratio   median time of each variant / median time of the reference variant at the same (pass, dtype,
+            causal, D, N), taken per round and combined by the median over rounds; absolute time is never gated
+    slope   least-squares slope of log time against log N per variant series, per round, median over rounds
+    memory  measured peak memory above the inputs per config, median over rounds
+Every budgeted config must also come back ``ok`` in every round, and every measured one must have a budget.
+
+A gate run is ``rounds`` sessions of the gate preset through the project's Sweep (one run store per round,
+``<results>/gate-<id>/round-<r>/``), each ordered by N so that a variant and its reference are measured
+seconds apart; repeating the rounds interleaves them. The comparison is plain data in, table out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.sweep.store import DEFAULT_RESULTS_DIR, ROWS_FILE, RunStore
+
+DEFAULT_BUDGETS = Path(__file__).resolve().parent / "budgets" / "cpu-gate.json"
+DEFAULT_PRESET = "gate"
+DEFAULT_REFERENCE = "linear@torch-chunked"
+DEFAULT_ROUNDS = 3
+DEFAULT_THREADS = 1
+DEFAULT_TIME_STAT = "time_min_ms"
+TIME_STATS = ("time_min_ms", "time_median_ms")
+SERIES = ("variant", "pass", "dtype", "causal", "d")
+CONFIG = (*SERIES, "n")
+CHECKS = ("status", "ratio", "slope", "memory")
+UPDATE_COMMAND = "python -m bench gate --update"
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """How far a measurement may move from its budget before the gate fails (both directions).
+
+    ratio: the measured time ratio may be within [budget / ratio, budget * ratio].
+    slope: the measured log-log slope may differ from its budget by at most this much.
+    memory_rel, memory_abs_bytes: peak memory may differ by at most max(memory_rel x budget, memory_abs_bytes).
+    The values and the measured spread behind them are in docs/gates.md.
+    """
+
+    ratio: float = 1.4
+    slope: float = 0.3
+    memory_rel: float = 0.25
+    memory_abs_bytes: int = 2 * 2**20
+
+    def __post_init__(self) -> None:
+        if not self.ratio > 1 or not self.slope > 0 or not self.memory_rel >= 0 or not self.memory_abs_bytes >= 0:
+            raise ValueError(f"tolerances need ratio > 1, slope > 0, memory_rel >= 0, memory_abs_bytes >= 0; "
+                             f"got {self}")
+
+
+# ---- running --------------------------------------------------------------------------------------------
+
+
+class CpuTimeTimer:
+    """The gate's timer (a ``bench.sweep.executor.Timer``): each call's CPU time by ``time.process_time``,
+    with the settings' usual stopping rule. With one thread, time slices the scheduler gives to other
+    processes are not in it: under load 10-13 on this 2-core machine, wall-time ratios of two configs
+    ranged 2.3x..17x between repeats while CPU-time ratios stayed within 1.3x."""
+
+    label = "process_time"
+
+    def __init__(self, settings) -> None:
+        self.settings = settings
+
+    def __call__(self, fn, seconds_per_call: float):
+        from bench.measure.timing import time_cpu
+
+        return time_cpu(fn, self.settings, clock=time.process_time)
+
+
+
+def run_rounds(preset: str, *, rounds: int = DEFAULT_ROUNDS, threads: int = DEFAULT_THREADS,
+               results_dir: str | Path = DEFAULT_RESULTS_DIR, gate_id: str | None = None, log=None) -> Path:
+    """Run the gate preset ``rounds`` times through ``Sweep`` with ``threads`` torch threads; returns the gate
+    run's directory.
+
+    One thread by default: on a shared 2-core machine, two OpenMP threads that wait for each other at every
+    barrier turn a neighbour's load into 0.2x..13x swings of a time ratio (measured under load 8), while one
+    thread's ratios stayed within ~1.4x; the rows record the thread count.
+
+    Each round is its own run store (``round-<r>``), so config keys stay unique and rows are appended and
+    fsynced as in any run. Within a round configs go by N (stable, in the preset's variant order), so
+    every variant at one N is measured right after its reference; the planner still sees each smaller N
+    of a series first.
+    """
+    import torch
+
+    from bench.sweep.presets import load_spec
+    from bench.sweep.session import Sweep, new_run_id
+
+    if rounds < 1 or threads < 1:
+        raise ValueError(f"rounds and threads must be >= 1, got rounds={rounds}, threads={threads}")
+    spec = load_spec(preset)
+    gate_dir = Path(results_dir) / (gate_id or f"gate-{new_run_id()}")
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for r in range(1, rounds + 1):
+            started = time.perf_counter()
+            # No ceilings: the gate reads times and memory only, and measuring them costs ~2 s a round.
+            sweep = Sweep(spec, results_dir=gate_dir, run_id=f"round-{r}", measure_ceilings_now=False)
+            pending = sorted(sweep.pending(), key=lambda p: p.config.n)
+            # CPU time is meaningless for a GPU's asynchronous calls: there the device's own timer runs.
+            timer = CpuTimeTimer(sweep.settings) if spec.device == "cpu" else None
+            for planned in pending:
+                sweep.run_one(planned, timer=timer)
+            sweep.finish()
+            if log is not None:
+                log(f"gate round {r}/{rounds}: {len(pending)} configs in {time.perf_counter() - started:.1f} s")
+    finally:
+        torch.set_num_threads(previous_threads)
+    return gate_dir
+
+
+def read_rounds(run_dir: str | Path) -> list[pd.DataFrame]:
+    """The frames of a gate run (one per ``round-*`` store), or of a single run directory (one round)."""
+    run_dir = Path(run_dir)
+    if (run_dir / ROWS_FILE).exists():
+        stores = [run_dir]
+    else:
+        stores = sorted((p for p in run_dir.glob("round-*") if (p / ROWS_FILE).exists()),
+                        key=lambda p: int(p.name.removeprefix("round-")) if p.name[6:].isdigit() else 0)
+    if not stores:
+        raise ValueError(f"{run_dir} is neither a run directory ({ROWS_FILE}) nor a gate run (round-*/{ROWS_FILE})")
+    frames = []
+    for store in stores:
+        frame = RunStore(store.parent, store.name).frame()
+        if not frame.empty and "task" in frame:
+            frame = frame[frame["task"] == "speed"]
+        frames.append(frame.reset_index(drop=True))
+    return frames
+
+
+def run_spec(run_dir: str | Path) -> dict | None:
+    """The resolved preset the first round of a gate run was made with (from environment.json)."""
+    run_dir = Path(run_dir)
+    store = run_dir if (run_dir / ROWS_FILE).exists() else run_dir / "round-1"
+    sessions = RunStore(store.parent, store.name).environment()["sessions"] if store.exists() else []
+    return sessions[0].get("preset") if sessions else None
+
+
+# ---- measuring ------------------------------------------------------------------------------------------
+
+
+def _config_records(frame: pd.DataFrame, value: pd.Series) -> pd.DataFrame:
+    out = frame[list(CONFIG)].copy()
+    out["value"] = value.to_numpy(dtype=float)
+    return out
+
+
+def round_quantities(frame: pd.DataFrame, reference: str, time_stat: str = DEFAULT_TIME_STAT
+                     ) -> dict[str, pd.DataFrame]:
+    """The gated quantities of one round: {"ratio", "slope", "memory"} -> frames of their key columns plus
+    ``value``, from the round's ok rows. Times are the rows' ``time_stat`` column (the fastest call by
+    default: a neighbour's load only ever adds time). Ratios need the reference's row at the same (pass,
+    dtype, causal, D, N); slopes need at least two N of a series (log2 time against log2 N, least squares)."""
+    if time_stat not in TIME_STATS:
+        raise ValueError(f"time statistic must be one of {TIME_STATS}, got {time_stat!r}")
+    ok = frame[frame["status"] == "ok"] if not frame.empty else frame
+    empty = {"ratio": pd.DataFrame(columns=[*CONFIG, "value"]), "slope": pd.DataFrame(columns=[*SERIES, "value"]),
+             "memory": pd.DataFrame(columns=[*CONFIG, "value"])}
+    if ok.empty:
+        return empty
+    ok = ok.astype({"causal": bool, "d": int, "n": int})
+    memory = ok[ok["peak_mem_bytes"].notna()]
+    out = {"memory": _config_records(memory, memory["peak_mem_bytes"])}
+
+    ref = ok[ok["variant"] == reference].set_index(list(CONFIG[1:]))[time_stat]
+    others = ok[ok["variant"] != reference]
+    ref_ms = pd.Series([ref.get(tuple(row[c] for c in CONFIG[1:]), np.nan) for _, row in others.iterrows()],
+                       index=others.index, dtype=float)
+    has_ref = ref_ms.notna()
+    out["ratio"] = _config_records(others[has_ref], others.loc[has_ref, time_stat] / ref_ms[has_ref])
+
+    slopes = []
+    for key, series in ok.groupby(list(SERIES), sort=True):
+        if series["n"].nunique() >= 2:
+            slope = np.polyfit(np.log2(series["n"].to_numpy(float)), np.log2(series[time_stat].to_numpy(float)),
+                               1)[0]
+            slopes.append({**dict(zip(SERIES, key, strict=True)), "value": float(slope)})
+    out["slope"] = pd.DataFrame(slopes, columns=[*SERIES, "value"]) if slopes else empty["slope"]
+    return out
+
+
+def combine(per_round: list[dict[str, pd.DataFrame]]) -> dict[str, pd.DataFrame]:
+    """Median over rounds of each quantity, with ``lo`` and ``hi`` (the range over rounds) and ``rounds``."""
+    out = {}
+    for name in ("ratio", "slope", "memory"):
+        keys = list(SERIES if name == "slope" else CONFIG)
+        stacked = pd.concat([q[name] for q in per_round], ignore_index=True)
+        if stacked.empty:
+            out[name] = pd.DataFrame(columns=[*keys, "value", "lo", "hi", "rounds"])
+            continue
+        stacked = stacked.astype({"value": float})
+        grouped = stacked.groupby(keys, sort=True)["value"]
+        out[name] = grouped.agg(value="median", lo="min", hi="max", rounds="count").reset_index()
+    return out
+
+
+def status_problems(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Rows of any round whose status is not ok: (round, config columns, status, reason)."""
+    parts = []
+    for r, frame in enumerate(frames, 1):
+        if frame.empty:
+            continue
+        bad = frame[frame["status"] != "ok"]
+        if not bad.empty:
+            parts.append(bad[[*CONFIG, "status", "reason"]].assign(round=r))
+    if not parts:
+        return pd.DataFrame(columns=[*CONFIG, "status", "reason", "round"])
+    return pd.concat(parts, ignore_index=True)
+
+
+def measure(frames: list[pd.DataFrame], reference: str, time_stat: str = DEFAULT_TIME_STAT
+            ) -> dict[str, pd.DataFrame]:
+    """The gate's measurements from a gate run's round frames."""
+    return combine([round_quantities(f, reference, time_stat) for f in frames])
+
+
+# ---- budgets --------------------------------------------------------------------------------------------
+
+
+def _records(frame: pd.DataFrame, keys: tuple[str, ...]) -> list[dict]:
+    out = []
+    for values in frame.to_dict("records"):
+        record = {k: _plain(values[k]) for k in keys}
+        record["value"] = float(values["value"])
+        if "spread" in values:
+            record["spread"] = float(values["spread"])
+        out.append(record)
+    return out
+
+
+def _plain(value):
+    """numpy/pandas scalars as JSON-ready Python values."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value)
+    return str(value)
+
+
+def spread_between_runs(measured: list[dict[str, pd.DataFrame]]) -> dict[str, pd.DataFrame]:
+    """Several gate runs' measurements -> per quantity the median over runs (``value``) and the spread:
+    max/min over runs for ratio and memory (a factor >= 1), max - min for slopes."""
+    out = {}
+    for name in ("ratio", "slope", "memory"):
+        keys = list(SERIES if name == "slope" else CONFIG)
+        stacked = pd.concat([m[name][[*keys, "value"]] for m in measured], ignore_index=True).astype({"value": float})
+        grouped = stacked.groupby(keys, sort=True)["value"]
+        frame = grouped.agg(value="median", lo="min", hi="max").reset_index()
+        if name == "slope":
+            frame["spread"] = frame["hi"] - frame["lo"]
+        else:
+            frame["spread"] = np.where(frame["lo"] > 0, frame["hi"] / frame["lo"].where(frame["lo"] > 0, 1.0), np.nan)
+        out[name] = frame.drop(columns=["lo", "hi"])
+    return out
+
+
+def make_budgets(measured: list[dict[str, pd.DataFrame]], *, preset: str, spec: dict, reference: str, rounds: int,
+                 threads: int, time_stat: str, tolerances: Tolerances, runs: list[str], environment: dict) -> dict:
+    """The budget file's content from one or more gate runs (the median over runs; the spread is kept)."""
+    combined = spread_between_runs(measured)
+    return {
+        "about": "CI gate budgets: written by `python -m bench gate --update`; see docs/gates.md",
+        "preset": preset,
+        "reference": reference,
+        "rounds": rounds,
+        "threads": threads,
+        "time_stat": time_stat,
+        "tolerances": asdict(tolerances),
+        "measured_on": {**environment, "runs": runs,
+                        "updated_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
+        "spec": spec,
+        "ratio": _records(combined["ratio"], CONFIG),
+        "slope": _records(combined["slope"], SERIES),
+        "memory": _records(combined["memory"], CONFIG),
+    }
+
+
+def load_budgets(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"no budget file at {path}; write one with `{UPDATE_COMMAND} --budgets {path}`")
+    budgets = json.loads(path.read_text())
+    missing = {"preset", "reference", "rounds", "threads", "time_stat", "tolerances", "ratio", "slope",
+               "memory"} - set(budgets)
+    if missing:
+        raise ValueError(f"{path} is not a gate budget file: it lacks {sorted(missing)}")
+    return budgets
+
+
+# ---- comparing ------------------------------------------------------------------------------------------
+
+
+def _describe(keys: dict) -> dict:
+    return {"variant": keys["variant"], "pass": keys["pass"], "d": keys["d"], "n": keys.get("n")}
+
+
+def compare(budgets: dict, measured: dict[str, pd.DataFrame], problems: pd.DataFrame,
+            spec: dict | None = None) -> pd.DataFrame:
+    """One row per gated quantity: check, variant, pass, d, n, budget, measured, change, allowed, ok.
+
+    ``change`` is measured/budget for ratios and memory, measured - budget for slopes; ``allowed`` the band
+    it had to stay inside. A budget without a measurement, or a measurement without a budget, fails.
+    """
+    tol = Tolerances(**budgets["tolerances"])
+    rows: list[dict] = []
+    if spec is not None and budgets.get("spec") is not None and spec != budgets["spec"]:
+        changed = sorted(k for k in set(spec) | set(budgets["spec"]) if spec.get(k) != budgets["spec"].get(k))
+        rows.append({"check": "preset", "variant": "", "budget": "as budgeted", "measured": f"changed: {changed}",
+                     "change": "", "allowed": "no change", "ok": False})
+    for problem in problems.to_dict("records"):
+        rows.append({"check": "status", **_describe(problem), "budget": "ok",
+                     "measured": f"{problem['status']} in round {problem['round']}: {problem['reason'] or ''}"[:160],
+                     "change": "", "allowed": "ok", "ok": False})
+    for name in ("ratio", "slope", "memory"):
+        keys = list(SERIES if name == "slope" else CONFIG)
+        have = {tuple(_plain(v) for v in row[:len(keys)]): row[len(keys)]
+                for row in measured[name][[*keys, "value"]].itertuples(index=False)}
+        budgeted = set()
+        for entry in budgets[name]:
+            key = tuple(_plain(entry[k]) for k in keys)
+            budgeted.add(key)
+            value = have.get(key)
+            rows.append(_check_one(name, dict(zip(keys, key, strict=True)), entry["value"], value, tol))
+        for key in sorted(set(have) - budgeted, key=str):
+            rows.append({"check": name, **_describe(dict(zip(keys, key, strict=True))), "budget": "none",
+                         "measured": _fmt(name, have[key]), "change": "", "allowed": "a budget", "ok": False})
+    return pd.DataFrame(rows, columns=["check", "variant", "pass", "d", "n", "budget", "measured", "change",
+                                       "allowed", "ok"])
+
+
+def _fmt(name: str, value: float) -> str:
+    if name == "memory":
+        return f"{value / 2**20:.2f} MiB"
+    return f"{value:.3f}"
+
+
+def _check_one(name: str, keys: dict, budget: float, value: float | None, tol: Tolerances) -> dict:
+    row = {"check": name, **_describe(keys), "budget": _fmt(name, budget)}
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return {**row, "measured": "missing", "change": "", "allowed": "a measurement", "ok": False}
+    row["measured"] = _fmt(name, value)
+    if name == "ratio":
+        factor = value / budget
+        row.update(change=f"x{factor:.2f}", allowed=f"x{1 / tol.ratio:.2f}..x{tol.ratio:.2f}",
+                   ok=1 / tol.ratio <= factor <= tol.ratio)
+    elif name == "slope":
+        row.update(change=f"{value - budget:+.2f}", allowed=f"+-{tol.slope:.2f}", ok=abs(value - budget) <= tol.slope)
+    else:
+        allowed = max(tol.memory_rel * budget, tol.memory_abs_bytes)
+        row.update(change=f"{(value - budget) / 2**20:+.2f} MiB" + (f" (x{value / budget:.2f})" if budget > 0 else ""),
+                   allowed=f"+-{allowed / 2**20:.2f} MiB", ok=abs(value - budget) <= allowed)
+    return row
+
+
+def report(table: pd.DataFrame, budgets_path: str | Path, run_dir: str | Path) -> str:
+    """The gate's verdict as text: counts per check, and on failure what moved and how to accept it."""
+    counts = table.groupby("check", sort=False)["ok"].agg(["sum", "count"])
+    summary = ", ".join(f"{check} {int(c['sum'])}/{int(c['count'])}" for check, c in counts.iterrows())
+    lines = [f"gate run {run_dir}: within budget: {summary}"]
+    failed = table[~table["ok"].astype(bool)]
+    if failed.empty:
+        lines.append("gate passed")
+        return "\n".join(lines)
+    with pd.option_context("display.max_colwidth", 160, "display.width", 250):
+        lines.append(f"gate FAILED: {len(failed)} of {len(table)} checks moved outside their budget\n")
+        lines.append(failed.drop(columns="ok").astype(object).fillna("").to_string(index=False))
+    lines.append(f"\nIf the change is intended, rewrite the budgets: {UPDATE_COMMAND} --budgets {budgets_path}")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """passed: every check within budget; text: the verdict (with the failure table); table: every check;
+    run_dir: the gate run that was compared."""
+
+    passed: bool
+    text: str
+    table: pd.DataFrame
+    run_dir: Path
+
+
+def gate(budgets_path: str | Path = DEFAULT_BUDGETS, run_dir: str | Path | None = None, *,
+         results_dir: str | Path = DEFAULT_RESULTS_DIR, log=None) -> GateResult:
+    """Run the gated configs (or read ``run_dir``) and compare them with the budgets."""
+    budgets = load_budgets(budgets_path)
+    if run_dir is None:
+        run_dir = run_rounds(budgets["preset"], rounds=int(budgets["rounds"]), threads=int(budgets["threads"]),
+                             results_dir=results_dir, log=log)
+    frames = read_rounds(run_dir)
+    measured = measure(frames, budgets["reference"], budgets["time_stat"])
+    table = compare(budgets, measured, status_problems(frames), run_spec(run_dir))
+    passed = bool(table["ok"].astype(bool).all())
+    return GateResult(passed, report(table, budgets_path, run_dir), table, Path(run_dir))
+
+
+def update(budgets_path: str | Path = DEFAULT_BUDGETS, run_dirs: list[str | Path] | None = None, *,
+           preset: str | None = None, results_dir: str | Path = DEFAULT_RESULTS_DIR,
+           tolerances: Tolerances | None = None, time_stat: str | None = None, log=None) -> tuple[dict, str]:
+    """Write the budget file from the given gate runs (or one new run): (budgets, text with the spread).
+
+    An existing file's preset, reference, rounds, threads, time statistic and tolerances are kept unless
+    given here."""
+    from bench.measure.environment import collect_environment
+
+    path = Path(budgets_path)
+    old = load_budgets(path) if path.exists() else {}
+    preset = preset or old.get("preset", DEFAULT_PRESET)
+    reference = old.get("reference", DEFAULT_REFERENCE)
+    rounds = int(old.get("rounds", DEFAULT_ROUNDS))
+    threads = int(old.get("threads", DEFAULT_THREADS))
+    time_stat = time_stat or old.get("time_stat", DEFAULT_TIME_STAT)
+    tolerances = tolerances or Tolerances(**old.get("tolerances", {}))
+    if not run_dirs:
+        run_dirs = [run_rounds(preset, rounds=rounds, threads=threads, results_dir=results_dir, log=log)]
+    measured = [measure(read_rounds(d), reference, time_stat) for d in run_dirs]
+    specs = [run_spec(d) for d in run_dirs]
+    if any(s != specs[0] for s in specs):
+        raise ValueError(f"the runs {[str(d) for d in run_dirs]} were made with different presets")
+    env = collect_environment("cpu")
+    environment = {k: env.get(k) for k in ("cpu_model", "usable_cores", "torch_threads", "platform", "git_commit")}
+    environment["torch"] = env.get("versions", {}).get("torch")
+    budgets = make_budgets(measured, preset=preset, spec=specs[0], reference=reference, rounds=rounds,
+                           threads=threads, time_stat=time_stat, tolerances=tolerances,
+                           runs=[str(d) for d in run_dirs], environment=environment)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(budgets, indent=1) + "\n")
+    return budgets, spread_text(budgets, len(run_dirs)) + f"\nbudgets written to {path}"
+
+
+def spread_text(budgets: dict, runs: int) -> str:
+    """The largest between-run spread of each quantity against its tolerance (needs two runs or more)."""
+    tol = budgets["tolerances"]
+    if runs < 2:
+        return "one run: no between-run spread (give several --run directories to measure it)"
+    lines = [f"spread over {runs} gate runs (largest entry; tolerance beside it):"]
+    for name, allowed in (("ratio", f"x{tol['ratio']}"), ("slope", f"+-{tol['slope']}"),
+                          ("memory", f"x{1 + tol['memory_rel']} or +-{tol['memory_abs_bytes'] / 2**20:.1f} MiB")):
+        entries = budgets[name]
+        if not entries:
+            continue
+        worst = max(entries, key=lambda e: e.get("spread", 0.0))
+        where = ", ".join(f"{k}={worst[k]}" for k in (*SERIES, "n") if k in worst)
+        lines.append(f"  {name:6s} {worst['spread']:.3f} ({where}); tolerance {allowed}")
+    return "\n".join(lines)
+
+
+# ---- command line ---------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--budgets", type=Path, default=DEFAULT_BUDGETS,
+                        help="budget file (default bench/budgets/cpu-gate.json)")
+    parser.add_argument("--run", dest="runs", type=Path, action="append", default=None,
+                        help="read this gate run (or run directory) instead of running; with --update, "
+                             "repeat it to take the median of several runs and print their spread")
+    parser.add_argument("--update", action="store_true", help="rewrite the budgets from the run(s)")
+    parser.add_argument("--preset", default=None, help=f"with --update: the gate preset (default {DEFAULT_PRESET})")
+    parser.add_argument("--time-stat", dest="time_stat", choices=TIME_STATS, default=None,
+                        help=f"with --update: the time of a config the ratios and slopes use "
+                             f"(default {DEFAULT_TIME_STAT})")
+    parser.add_argument("--results-dir", dest="results_dir", type=Path, default=DEFAULT_RESULTS_DIR,
+                        help=f"where gate runs are stored (default {DEFAULT_RESULTS_DIR}/)")
+
+
+def main(args: argparse.Namespace) -> int:
+    """``python -m bench gate``: 0 when every check is within budget (or after --update), 1 on failure."""
+    def log(message: str) -> None:
+        print(message, file=sys.stderr)
+
+    if args.update:
+        _budgets, text = update(args.budgets, args.runs, preset=args.preset, results_dir=args.results_dir,
+                               time_stat=args.time_stat, log=log)
+        print(text)
+        return 0
+    if args.runs and len(args.runs) > 1:
+        raise ValueError(f"the gate reads one run (got {len(args.runs)} --run); several runs go with --update")
+    result = gate(args.budgets, args.runs[0] if args.runs else None, results_dir=args.results_dir, log=log)
+    print(result.text)
+    return 0 if result.passed else 1
