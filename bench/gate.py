@@ -1,10 +1,12 @@
 """CI regression gates on speed and memory: ``python -m bench gate [--budgets FILE] [--run DIR] [--update]``.
 
 What is gated (the budgets live in ``bench/budgets/cpu-gate.json``, written by ``--update``):
-    ratio   median time of each variant / median time of the reference variant at the same (pass, dtype,
-            causal, D, N), taken per round and combined by the median over rounds; absolute time is never gated
-    slope   least-squares slope of log time against log N per variant series, per round, median over rounds
-    memory  measured peak memory above the inputs per config, median over rounds
+    ratio   time of each variant / time of the reference variant at the same (pass, dtype, causal, D, N);
+            absolute time is never gated
+    slope   least-squares slope of log time against log N per variant series
+    memory  measured peak memory above the inputs per config
+A config's time is its fastest call over all rounds, by CPU time with one thread, and its peak the smallest
+over rounds (see ``best_of_rounds``: the noise of a shared machine only adds).
 Every budgeted config must also come back ``ok`` in every round, and every measured one must have a budget.
 
 A gate run is ``rounds`` sessions of the gate preset through the project's Sweep (one run store per round,
@@ -47,19 +49,28 @@ class Tolerances:
 
     ratio: the measured time ratio may be within [budget / ratio, budget * ratio].
     slope: the measured log-log slope may differ from its budget by at most this much.
-    memory_rel, memory_abs_bytes: peak memory may differ by at most max(memory_rel x budget, memory_abs_bytes).
+    memory_rel, memory_abs_bytes, memory_spread: peak memory may differ by at most the largest of
+        memory_rel x budget, memory_abs_bytes, and memory_spread x the range between the runs the budget
+        was made from (CPU peaks of some variants move by a few MiB from run to run).
     The values and the measured spread behind them are in docs/gates.md.
     """
 
-    ratio: float = 1.4
-    slope: float = 0.3
+    ratio: float = 1.5
+    slope: float = 0.4
     memory_rel: float = 0.25
     memory_abs_bytes: int = 2 * 2**20
+    memory_spread: float = 2.0
 
     def __post_init__(self) -> None:
-        if not self.ratio > 1 or not self.slope > 0 or not self.memory_rel >= 0 or not self.memory_abs_bytes >= 0:
-            raise ValueError(f"tolerances need ratio > 1, slope > 0, memory_rel >= 0, memory_abs_bytes >= 0; "
-                             f"got {self}")
+        if (not self.ratio > 1 or not self.slope > 0 or not self.memory_rel >= 0 or not self.memory_abs_bytes >= 0
+                or not self.memory_spread >= 0):
+            raise ValueError(f"tolerances need ratio > 1, slope > 0, memory_rel, memory_abs_bytes and "
+                             f"memory_spread >= 0; got {self}")
+
+    def memory_allowed(self, budget: float, spread: float = 0.0) -> float:
+        """Bytes a peak may move from its budget: the largest of memory_rel x budget, memory_abs_bytes and
+        memory_spread x the range the budget's own runs showed (``spread``, bytes)."""
+        return max(self.memory_rel * budget, self.memory_abs_bytes, self.memory_spread * spread)
 
 
 # ---- running --------------------------------------------------------------------------------------------
@@ -156,58 +167,41 @@ def run_spec(run_dir: str | Path) -> dict | None:
 # ---- measuring ------------------------------------------------------------------------------------------
 
 
-def _config_records(frame: pd.DataFrame, value: pd.Series) -> pd.DataFrame:
-    out = frame[list(CONFIG)].copy()
-    out["value"] = value.to_numpy(dtype=float)
-    return out
+def best_of_rounds(frames: list[pd.DataFrame], time_stat: str = DEFAULT_TIME_STAT) -> pd.DataFrame:
+    """One row per config over the ok rows of every round: ``time_ms`` (the smallest ``time_stat``),
+    ``peak_bytes`` (the smallest peak) and ``rounds`` (how many rounds measured it).
 
-
-def round_quantities(frame: pd.DataFrame, reference: str, time_stat: str = DEFAULT_TIME_STAT
-                     ) -> dict[str, pd.DataFrame]:
-    """The gated quantities of one round: {"ratio", "slope", "memory"} -> frames of their key columns plus
-    ``value``, from the round's ok rows. Times are the rows' ``time_stat`` column (the fastest call by
-    default: a neighbour's load only ever adds time). Ratios need the reference's row at the same (pass,
-    dtype, causal, D, N); slopes need at least two N of a series (log2 time against log2 N, least squares)."""
+    The smallest, because on a shared machine the noise only ever adds: a neighbour's load makes calls
+    slower and leaves extra pages resident, never the reverse. Over 5 gate runs under load 9-13 the
+    between-run spread of a time ratio was 1.30x at worst this way, 1.59x with the median of per-round
+    ratios (docs/gates.md)."""
     if time_stat not in TIME_STATS:
         raise ValueError(f"time statistic must be one of {TIME_STATS}, got {time_stat!r}")
-    ok = frame[frame["status"] == "ok"] if not frame.empty else frame
-    empty = {"ratio": pd.DataFrame(columns=[*CONFIG, "value"]), "slope": pd.DataFrame(columns=[*SERIES, "value"]),
-             "memory": pd.DataFrame(columns=[*CONFIG, "value"])}
+    parts = [f[f["status"] == "ok"] for f in frames if not f.empty]
+    ok = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     if ok.empty:
-        return empty
-    ok = ok.astype({"causal": bool, "d": int, "n": int})
-    memory = ok[ok["peak_mem_bytes"].notna()]
-    out = {"memory": _config_records(memory, memory["peak_mem_bytes"])}
+        return pd.DataFrame(columns=[*CONFIG, "time_ms", "peak_bytes", "rounds"])
+    ok = ok.astype({"causal": bool, "d": int, "n": int, time_stat: float, "peak_mem_bytes": float})
+    grouped = ok.groupby(list(CONFIG), sort=True)
+    return grouped.agg(time_ms=(time_stat, "min"), peak_bytes=("peak_mem_bytes", "min"),
+                       rounds=(time_stat, "count")).reset_index()
 
-    ref = ok[ok["variant"] == reference].set_index(list(CONFIG[1:]))[time_stat]
-    others = ok[ok["variant"] != reference]
-    ref_ms = pd.Series([ref.get(tuple(row[c] for c in CONFIG[1:]), np.nan) for _, row in others.iterrows()],
-                       index=others.index, dtype=float)
-    has_ref = ref_ms.notna()
-    out["ratio"] = _config_records(others[has_ref], others.loc[has_ref, time_stat] / ref_ms[has_ref])
 
+def quantities(best: pd.DataFrame, reference: str) -> dict[str, pd.DataFrame]:
+    """The gated quantities from ``best_of_rounds``: {"ratio", "slope", "memory"} -> frames of their key
+    columns plus ``value``. Ratios need the reference at the same (pass, dtype, causal, D, N); slopes need
+    two N or more of a series (least squares of log2 time against log2 N)."""
+    memory = best[best["peak_bytes"].notna()]
+    out = {"memory": memory[list(CONFIG)].assign(value=memory["peak_bytes"].astype(float))}
+    ref = best[best["variant"] == reference].drop(columns=["variant", "peak_bytes", "rounds"])
+    joined = best[best["variant"] != reference].merge(ref, on=list(CONFIG[1:]), suffixes=("", "_ref"))
+    out["ratio"] = joined[list(CONFIG)].assign(value=(joined["time_ms"] / joined["time_ms_ref"]).astype(float))
     slopes = []
-    for key, series in ok.groupby(list(SERIES), sort=True):
+    for key, series in best.groupby(list(SERIES), sort=True):
         if series["n"].nunique() >= 2:
-            slope = np.polyfit(np.log2(series["n"].to_numpy(float)), np.log2(series[time_stat].to_numpy(float)),
-                               1)[0]
+            slope = np.polyfit(np.log2(series["n"].to_numpy(float)), np.log2(series["time_ms"].to_numpy(float)), 1)[0]
             slopes.append({**dict(zip(SERIES, key, strict=True)), "value": float(slope)})
-    out["slope"] = pd.DataFrame(slopes, columns=[*SERIES, "value"]) if slopes else empty["slope"]
-    return out
-
-
-def combine(per_round: list[dict[str, pd.DataFrame]]) -> dict[str, pd.DataFrame]:
-    """Median over rounds of each quantity, with ``lo`` and ``hi`` (the range over rounds) and ``rounds``."""
-    out = {}
-    for name in ("ratio", "slope", "memory"):
-        keys = list(SERIES if name == "slope" else CONFIG)
-        stacked = pd.concat([q[name] for q in per_round], ignore_index=True)
-        if stacked.empty:
-            out[name] = pd.DataFrame(columns=[*keys, "value", "lo", "hi", "rounds"])
-            continue
-        stacked = stacked.astype({"value": float})
-        grouped = stacked.groupby(keys, sort=True)["value"]
-        out[name] = grouped.agg(value="median", lo="min", hi="max", rounds="count").reset_index()
+    out["slope"] = pd.DataFrame(slopes, columns=[*SERIES, "value"])
     return out
 
 
@@ -228,7 +222,7 @@ def status_problems(frames: list[pd.DataFrame]) -> pd.DataFrame:
 def measure(frames: list[pd.DataFrame], reference: str, time_stat: str = DEFAULT_TIME_STAT
             ) -> dict[str, pd.DataFrame]:
     """The gate's measurements from a gate run's round frames."""
-    return combine([round_quantities(f, reference, time_stat) for f in frames])
+    return quantities(best_of_rounds(frames, time_stat), reference)
 
 
 # ---- budgets --------------------------------------------------------------------------------------------
@@ -258,17 +252,17 @@ def _plain(value):
 
 def spread_between_runs(measured: list[dict[str, pd.DataFrame]]) -> dict[str, pd.DataFrame]:
     """Several gate runs' measurements -> per quantity the median over runs (``value``) and the spread:
-    max/min over runs for ratio and memory (a factor >= 1), max - min for slopes."""
+    max/min over runs for ratios (a factor >= 1), max - min for slopes and memory (bytes)."""
     out = {}
     for name in ("ratio", "slope", "memory"):
         keys = list(SERIES if name == "slope" else CONFIG)
         stacked = pd.concat([m[name][[*keys, "value"]] for m in measured], ignore_index=True).astype({"value": float})
         grouped = stacked.groupby(keys, sort=True)["value"]
         frame = grouped.agg(value="median", lo="min", hi="max").reset_index()
-        if name == "slope":
-            frame["spread"] = frame["hi"] - frame["lo"]
+        if name == "ratio":
+            frame["spread"] = frame["hi"] / frame["lo"]
         else:
-            frame["spread"] = np.where(frame["lo"] > 0, frame["hi"] / frame["lo"].where(frame["lo"] > 0, 1.0), np.nan)
+            frame["spread"] = frame["hi"] - frame["lo"]
         out[name] = frame.drop(columns=["lo", "hi"])
     return out
 
@@ -339,7 +333,8 @@ def compare(budgets: dict, measured: dict[str, pd.DataFrame], problems: pd.DataF
             key = tuple(_plain(entry[k]) for k in keys)
             budgeted.add(key)
             value = have.get(key)
-            rows.append(_check_one(name, dict(zip(keys, key, strict=True)), entry["value"], value, tol))
+            rows.append(_check_one(name, dict(zip(keys, key, strict=True)), entry["value"], value, tol,
+                                   entry.get("spread", 0.0)))
         for key in sorted(set(have) - budgeted, key=str):
             rows.append({"check": name, **_describe(dict(zip(keys, key, strict=True))), "budget": "none",
                          "measured": _fmt(name, have[key]), "change": "", "allowed": "a budget", "ok": False})
@@ -353,7 +348,8 @@ def _fmt(name: str, value: float) -> str:
     return f"{value:.3f}"
 
 
-def _check_one(name: str, keys: dict, budget: float, value: float | None, tol: Tolerances) -> dict:
+def _check_one(name: str, keys: dict, budget: float, value: float | None, tol: Tolerances,
+               spread: float = 0.0) -> dict:
     row = {"check": name, **_describe(keys), "budget": _fmt(name, budget)}
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return {**row, "measured": "missing", "change": "", "allowed": "a measurement", "ok": False}
@@ -365,7 +361,7 @@ def _check_one(name: str, keys: dict, budget: float, value: float | None, tol: T
     elif name == "slope":
         row.update(change=f"{value - budget:+.2f}", allowed=f"+-{tol.slope:.2f}", ok=abs(value - budget) <= tol.slope)
     else:
-        allowed = max(tol.memory_rel * budget, tol.memory_abs_bytes)
+        allowed = tol.memory_allowed(budget, spread)
         row.update(change=f"{(value - budget) / 2**20:+.2f} MiB" + (f" (x{value / budget:.2f})" if budget > 0 else ""),
                    allowed=f"+-{allowed / 2**20:.2f} MiB", ok=abs(value - budget) <= allowed)
     return row
@@ -436,7 +432,7 @@ def update(budgets_path: str | Path = DEFAULT_BUDGETS, run_dirs: list[str | Path
     if any(s != specs[0] for s in specs):
         raise ValueError(f"the runs {[str(d) for d in run_dirs]} were made with different presets")
     env = collect_environment("cpu")
-    environment = {k: env.get(k) for k in ("cpu_model", "usable_cores", "torch_threads", "platform", "git_commit")}
+    environment = {k: env.get(k) for k in ("cpu_model", "usable_cores", "platform", "git_commit")}
     environment["torch"] = env.get("versions", {}).get("torch")
     budgets = make_budgets(measured, preset=preset, spec=specs[0], reference=reference, rounds=rounds,
                            threads=threads, time_stat=time_stat, tolerances=tolerances,
@@ -452,14 +448,16 @@ def spread_text(budgets: dict, runs: int) -> str:
     if runs < 2:
         return "one run: no between-run spread (give several --run directories to measure it)"
     lines = [f"spread over {runs} gate runs (largest entry; tolerance beside it):"]
-    for name, allowed in (("ratio", f"x{tol['ratio']}"), ("slope", f"+-{tol['slope']}"),
-                          ("memory", f"x{1 + tol['memory_rel']} or +-{tol['memory_abs_bytes'] / 2**20:.1f} MiB")):
+    for name, unit, allowed in (("ratio", "x", f"x{tol['ratio']}"), ("slope", "+-", f"+-{tol['slope']}"),
+                                ("memory", "MiB", f"+-max({tol['memory_rel']:.0%}, "
+                                 f"{tol['memory_abs_bytes'] / 2**20:.1f} MiB, {tol['memory_spread']} x range)")):
         entries = budgets[name]
         if not entries:
             continue
         worst = max(entries, key=lambda e: e.get("spread", 0.0))
-        where = ", ".join(f"{k}={worst[k]}" for k in (*SERIES, "n") if k in worst)
-        lines.append(f"  {name:6s} {worst['spread']:.3f} ({where}); tolerance {allowed}")
+        where = ", ".join(f"{k}={worst[k]}" for k in ("variant", "n") if k in worst)
+        size = f"{worst['spread'] / 2**20:.2f} MiB" if name == "memory" else f"{unit}{worst['spread']:.3f}"
+        lines.append(f"  {name:6s} largest {size} ({where}); tolerance {allowed}")
     return "\n".join(lines)
 
 

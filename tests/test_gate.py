@@ -209,4 +209,4 @@ def test_bad_inputs_say_what_was_wrong(tmp_path):
     with pytest.raises(ValueError, match="ratio > 1"):
         gate.Tolerances(ratio=0.9)
     with pytest.raises(ValueError, match="time statistic"):
-        gate.round_quantities(pd.DataFrame({"status": ["ok"]}), REFERENCE, "time_mean_ms")
+        gate.measure([pd.DataFrame({"status": ["ok"]})], REFERENCE, "time_mean_ms")
