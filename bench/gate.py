@@ -338,8 +338,9 @@ def compare(budgets: dict, measured: dict[str, pd.DataFrame], problems: pd.DataF
         for key in sorted(set(have) - budgeted, key=str):
             rows.append({"check": name, **_describe(dict(zip(keys, key, strict=True))), "budget": "none",
                          "measured": _fmt(name, have[key]), "change": "", "allowed": "a budget", "ok": False})
-    return pd.DataFrame(rows, columns=["check", "variant", "pass", "d", "n", "budget", "measured", "change",
-                                       "allowed", "ok"])
+    table = pd.DataFrame(rows, columns=["check", "variant", "pass", "d", "n", "budget", "measured", "change",
+                                        "allowed", "ok"])
+    return table.astype({"d": "Int64", "n": "Int64"})  # slopes have no N: missing, not NaN as a float
 
 
 def _fmt(name: str, value: float) -> str:
