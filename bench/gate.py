@@ -39,7 +39,6 @@ DEFAULT_TIME_STAT = "time_min_ms"
 TIME_STATS = ("time_min_ms", "time_median_ms")
 SERIES = ("variant", "pass", "dtype", "causal", "d")
 CONFIG = (*SERIES, "n")
-CHECKS = ("status", "ratio", "slope", "memory")
 UPDATE_COMMAND = "python -m bench gate --update"
 
 
