@@ -465,9 +465,9 @@ def spread_text(budgets: dict, runs: int) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--budgets", type=Path, default=DEFAULT_BUDGETS,
+    parser.add_argument("--budgets", metavar="FILE", type=Path, default=DEFAULT_BUDGETS,
                         help="budget file (default bench/budgets/cpu-gate.json)")
-    parser.add_argument("--run", dest="runs", type=Path, action="append", default=None,
+    parser.add_argument("--run", dest="runs", metavar="DIR", type=Path, action="append", default=None,
                         help="read this gate run (or run directory) instead of running; with --update, "
                              "repeat it to take the median of several runs and print their spread")
     parser.add_argument("--update", action="store_true", help="rewrite the budgets from the run(s)")
