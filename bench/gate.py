@@ -54,7 +54,7 @@ class Tolerances:
     The values and the measured spread behind them are in docs/gates.md.
     """
 
-    ratio: float = 1.5
+    ratio: float = 1.7
     slope: float = 0.4
     memory_rel: float = 0.25
     memory_abs_bytes: int = 2 * 2**20
