@@ -13,3 +13,9 @@ def pytest_addoption(parser):
     group.addoption("--benchmark", action="store_true", default=False,
                     help="run the benchmark modules under bench/ (skipped without this flag)")
     add_sweep_options(group.addoption)
+    group.addoption("--gate", action="store_true", default=False,
+                    help="with --benchmark: run the CI regression gate (bench/test_gate.py) instead of the sweep")
+    group.addoption("--gate-budgets", dest="gate_budgets", default=None,
+                    help="with --gate: the budget file (default bench/budgets/cpu-gate.json)")
+    group.addoption("--gate-run", dest="gate_run", default=None,
+                    help="with --gate: compare this gate run instead of running one")

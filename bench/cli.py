@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench run | list | merge | extrapolate``."""
+"""Command line: ``python -m bench run | list | merge | extrapolate | gate | selfcheck``."""
 
 from __future__ import annotations
 
@@ -186,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 "checks on this machine's device, as one pass/fail/unavailable table")
     selfcheck.add_arguments(check)
     check.set_defaults(handler=selfcheck.run)
+
+    from bench import gate as gate_module
+
+    gate = commands.add_parser("gate", help="CI regression gate: run the gated configs, compare with the budgets")
+    gate_module.add_arguments(gate)
+    gate.set_defaults(handler=gate_module.main)
     return parser
 
 

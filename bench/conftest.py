@@ -8,6 +8,7 @@ from bench.cli import overrides_from
 
 SWEEP_KEY = pytest.StashKey()
 SKIP_REASON = "benchmark modules run only with --benchmark (pytest bench/ --benchmark)"
+GATE_REASON = "--gate runs the regression gate (bench/test_gate.py) only"
 
 
 def _sweep(config: pytest.Config):
@@ -34,6 +35,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if not metafunc.config.getoption("benchmark"):
         metafunc.parametrize("planned", [pytest.param(None, marks=pytest.mark.skip(reason=SKIP_REASON),
                                                       id="needs-benchmark-flag")])
+        return
+    if metafunc.config.getoption("gate"):
+        metafunc.parametrize("planned", [pytest.param(None, marks=pytest.mark.skip(reason=GATE_REASON),
+                                                      id="gate-only")])
         return
     planned = _sweep(metafunc.config).planned
     metafunc.parametrize("planned", [pytest.param(p, marks=_timer_marks(p.config.device)) for p in planned],

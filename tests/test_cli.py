@@ -122,7 +122,7 @@ def test_without_the_flag_bench_modules_skip_quickly():
     done = subprocess.run([sys.executable, "-m", "pytest", "bench/", "-q", "-rs", "-p", "no:cacheprovider"],
                           cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "2 skipped" in done.stdout and "only with --benchmark" in done.stdout  # sweep + extrapolation
+    assert "3 skipped" in done.stdout and "only with --benchmark" in done.stdout  # sweep, extrapolation, gate
     assert time.monotonic() - started < 60
 
 

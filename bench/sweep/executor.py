@@ -34,7 +34,8 @@ from bench.variant import Variant
 
 Timer = Callable[[Callable[[], object], float], Timing]
 """(workload, seconds of one call measured during warm-up) -> Timing. The default is bench.measure.timing's
-``time_callable``; pytest runs pass one that goes through pytest-benchmark."""
+``time_callable``; pytest runs pass one that goes through pytest-benchmark; a timer's ``label`` attribute,
+if it has one, names its clock in the row's ``timer`` column."""
 
 MAX_REASON = 600
 
