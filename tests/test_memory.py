@@ -60,6 +60,39 @@ def test_peak_is_correct_after_heap_reuse_outside_measurements():
 
 
 @needs_clear_refs
+def test_peak_is_correct_after_a_failed_allocation_moved_the_thread_to_another_arena():
+    # A fresh process, so that the failed allocation is the only history. Once a malloc fails while other
+    # threads exist, glibc moves the calling thread to another arena for good (arena_get_retry); that
+    # arena's top stays resident after blocks freed into it, and malloc_trim(0) does not trim it: the next
+    # 16 MiB tensor was carved from it without a page fault and the peak read 0 (after
+    # tests/test_extrapolation_run.py's out-of-memory config).
+    script = (
+        "import ctypes, threading, torch\n"
+        "from bench.measure.memory import measure_peak_bytes\n"
+        "libc = ctypes.CDLL('libc.so.6')\n"
+        "libc.malloc.restype = ctypes.c_void_p\n"
+        "libc.malloc.argtypes = [ctypes.c_size_t]\n"
+        "thread = threading.Thread(target=lambda: None); thread.start(); thread.join()\n"
+        "assert libc.malloc(2**62) is None\n"  # fails in the main arena: glibc retries in another
+        "for mib in (16, 8, 24):\n"  # three histories: where the arena's top lies varies from run to run
+        "    def fn():\n"
+        "        block = torch.ones(mib * 2**18); del block\n"
+        "    for _ in range(20):\n"
+        "        fn()\n"
+        "    print(mib, measure_peak_bytes(fn, 'cpu'), measure_peak_bytes(fn, 'cpu'))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                            check=True, timeout=120)
+    lines = [[int(v) for v in line.split()] for line in result.stdout.splitlines()[-3:]]
+    readings = {mib: [peak / MiB for peak in peaks] for mib, *peaks in lines}
+    assert sorted(readings) == [8, 16, 24], result.stdout
+    for mib, peaks in readings.items():
+        for peak in peaks:
+            assert abs(peak - mib) < 0.05 * mib + 1, readings
+
+
+@needs_clear_refs
 def test_nothing_allocated_reads_near_zero():
     assert measure_peak_bytes(lambda: None, "cpu") < 4 * MiB
 

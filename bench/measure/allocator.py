@@ -16,7 +16,8 @@ Regimes, set with ``mallopt`` for the duration of a ``with`` block and restored 
   no page faults. Memory is given back again when the block ends.
 - ``MEMORY`` (the peak-memory pass): every block of 128 KiB or more is its own mmap and the heap is trimmed at
   glibc's default 128 KiB, after giving free pages back, so each block of the call adds to the resident set
-  (see ``bench.measure.memory``).
+  (see ``bench.measure.memory``). Giving back includes the top of the calling thread's arena, which
+  ``malloc_trim`` leaves resident when that arena is not the main one (see ``_trim_all``).
 - ``RESTING`` (outside both): 32 MiB / 64 MiB, where glibc's dynamic thresholds stop growing. The dynamic
   scheme itself cannot be turned back on once ``mallopt`` has set a threshold, and glibc has no call that
   reads the thresholds back, so this module keeps track of what it set.
@@ -44,6 +45,9 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _M_MMAP_MAX = -4
 _GLIBC_DEFAULT_MMAP_MAX = 65536
+# A block freed to make glibc trim the calling thread's arena (see _trim_all): above glibc's
+# FASTBIN_CONSOLIDATION_THRESHOLD (64 KiB), below MEMORY's mmap threshold, so it comes from the arena.
+_ARENA_TRIM_NUDGE = 96 * 2**10
 PROC_MAPS = Path("/proc/self/maps")
 THP_ENABLED = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 # Allocators a user may preload instead of glibc's, by a part of their library's file name.
@@ -135,14 +139,14 @@ def glibc_regime(regime: GlibcRegime) -> Iterator[str]:
         return
     rejected = _apply(regime)
     if regime.trim_on_entry:
-        _libc().malloc_trim(0)
+        _trim_all()
     _active.append(regime)
     try:
         yield regime.label() + (f" (glibc rejected {', '.join(rejected)})" if rejected else "")
     finally:
         _active.pop()
         if regime.trim_on_exit:
-            _libc().malloc_trim(0)
+            _trim_all()
         _apply(_active[-1] if _active else RESTING)
 
 
@@ -179,9 +183,31 @@ def minor_faults() -> int:
 
 
 def trim() -> None:
-    """Give free heap pages back to the system (glibc's ``malloc_trim(0)``); nothing elsewhere."""
+    """Give free heap pages back to the system (glibc's ``malloc_trim(0)``, then the calling thread's arena's
+    top, see ``_trim_all``); nothing elsewhere."""
     if malloc_info().is_glibc:
-        _libc().malloc_trim(0)
+        _trim_all()
+
+
+def _trim_all() -> None:
+    """``malloc_trim(0)``, then a free that makes glibc trim the top of the calling thread's arena.
+
+    ``malloc_trim`` gives back free pages inside every arena's bins but trims only the main arena's top chunk
+    (glibc's ``mtrim``: ``systrim`` for ``main_arena`` alone); a per-thread arena's top is shrunk only by
+    ``free`` (``heap_trim``, when the freed chunk is 64 KiB or more and the top exceeds the trim threshold).
+    The main thread normally allocates from the main arena, but once one of its allocations fails (an
+    out-of-memory config, while other threads exist) glibc's ``arena_get_retry`` moves it to another arena
+    for good. That arena's top stays resident after blocks that were freed into it, and a later call's blocks
+    are carved from it with no page fault, even under ``MEMORY``: the resident-set peak read 0 for a 16 MiB
+    tensor. Allocating and freeing a block of ``_ARENA_TRIM_NUDGE`` bytes (below ``MEMORY``'s mmap
+    threshold, above glibc's 64 KiB consolidation threshold) runs ``heap_trim`` on the calling thread's
+    arena with the threshold now in force: under ``MEMORY`` the top goes back to the system; where the
+    threshold is "never" (``TIMING``) or 64 MiB (``RESTING``) nothing changes."""
+    libc = _libc()
+    libc.malloc_trim(0)
+    block = libc.malloc(_ARENA_TRIM_NUDGE)
+    if block:
+        libc.free(block)
 
 
 def _apply(regime: GlibcRegime) -> list[str]:
@@ -203,11 +229,16 @@ def _libc() -> ctypes.CDLL | None:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return None
-    if not all(hasattr(libc, name) for name in ("gnu_get_libc_version", "mallopt", "malloc_trim", "malloc")):
+    if not all(hasattr(libc, name) for name in ("gnu_get_libc_version", "mallopt", "malloc_trim", "malloc",
+                                               "free")):
         return None
     libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     libc.mallopt.restype = ctypes.c_int
     libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    libc.free.restype = None
     libc.gnu_get_libc_version.restype = ctypes.c_char_p
     return libc
 

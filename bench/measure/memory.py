@@ -122,6 +122,8 @@ def _cuda_peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
 def _cpu_peak_bytes(fn: Callable[[], object]) -> int:
     # Every block of 128 KiB or more its own mmap, free pages given back first: each block of the call adds
     # to the resident set, and a second measurement does not read ~0 from pages an earlier one left resident.
+    # Free pages given back include the top of this thread's arena, also when an earlier failed allocation
+    # moved the thread off glibc's main arena (bench.measure.allocator._trim_all).
     # The regime ends with the block (bench.measure.allocator), so it never reaches a later timing.
     with memory_regime():
         try:
