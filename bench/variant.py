@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from bench.config import BenchConfig
-from bench.measure.flops import Shape
+from bench.measure.flops import Shape, attention_flops
 
 FAMILIES = ("softmax", "flash", "linear")
 PES = ("none", "ape", "rope", "spe-sine", "spe-conv", "lrpe-unitary", "lrpe-orthogonal", "lrpe-permutation")
@@ -123,17 +123,30 @@ class Variant:
         available = self.availability()
         if not available.runs:
             return available
+        declared = self.declared_verdict(config)
+        if not declared.runs:
+            return declared
+        try:
+            reason = self.check(config)
+        except Exception as exc:  # a check that breaks is a bug to report, not a limit
+            return _raised("support check", exc)
+        return RUNS if reason is None else Verdict("unsupported", reason)
+
+    def declared_verdict(self, config: BenchConfig) -> Verdict:
+        """What the registry itself declares, without probing this machine: ``unsupported`` for a device,
+        dtype or causal mode outside the variant's lists (a dry run for another machine stops here)."""
         if config.device not in self.devices:
             return Verdict("unsupported", f"device {config.device!r} not supported (supports {list(self.devices)})")
         if config.dtype not in self.dtypes:
             return Verdict("unsupported", f"dtype {config.dtype!r} not supported (supports {list(self.dtypes)})")
         if config.causal not in self.causal_modes:
             return Verdict("unsupported", f"causal={config.causal} not supported")
-        try:
-            reason = self.check(config)
-        except Exception as exc:  # a check that breaks is a bug to report, not a limit
-            return _raised("support check", exc)
-        return RUNS if reason is None else Verdict("unsupported", reason)
+        return RUNS
+
+    def flops(self, config: BenchConfig) -> float:
+        """FLOPs of one call on ``config`` by the formulas of ``bench.measure.flops``."""
+        return attention_flops(self.flop_shape(config), time_complexity=self.time_complexity,
+                               causal=config.causal, pass_=config.pass_, chunk_size=self.chunk_size)
 
     def flop_shape(self, config: BenchConfig) -> Shape:
         """The sizes the FLOP and byte formulas of ``bench.measure.flops`` take for ``config``."""

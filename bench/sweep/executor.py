@@ -18,7 +18,7 @@ import torch
 from bench.config import BenchConfig
 from bench.measure.allocator import minor_faults, timing_regime
 from bench.measure.ceilings import matmul_tflops
-from bench.measure.flops import attention_flops, minimum_bytes
+from bench.measure.flops import minimum_bytes
 from bench.measure.memory import (
     MemoryMeasurementUnavailable,
     is_oom,
@@ -204,8 +204,7 @@ class Executor:
     def _throughput(self, config: BenchConfig, variant: Variant, timing: Timing, flops: float | None) -> dict:
         shape = variant.flop_shape(config)
         if flops is None:  # a sweep passes the planner's count; a direct call counts here
-            flops = attention_flops(shape, time_complexity=variant.time_complexity, causal=config.causal,
-                                    pass_=config.pass_, chunk_size=variant.chunk_size)
+            flops = variant.flops(config)
         nbytes = minimum_bytes(shape, pass_=config.pass_, bytes_per_element=config.torch_dtype.itemsize)
         seconds = timing.median_ms / 1e3
         tflops = flops / seconds / 1e12

@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from bench.config import BenchConfig
-from bench.measure.flops import attention_flops
 from bench.measure.timing import (
     CUDA_PROBE_CALLS,
     DO_BENCH_UNTIMED_CALLS,
@@ -59,12 +58,6 @@ class Planned:
     flops: float | None = None
 
 
-def config_flops(config: BenchConfig, variant: Variant) -> float:
-    """FLOPs of one call of ``variant`` on ``config`` (bench.measure.flops formulas)."""
-    return attention_flops(variant.flop_shape(config), time_complexity=variant.time_complexity,
-                           causal=config.causal, pass_=config.pass_, chunk_size=variant.chunk_size)
-
-
 def parse_shard(text: str | None) -> tuple[int, int] | None:
     """'2/4' -> (2, 4): the second of four shards (1-based). None -> None."""
     if text is None:
@@ -90,25 +83,10 @@ def plan(spec: SweepSpec, shard: tuple[int, int] | None = None, *, probe: bool =
     planned = []
     for config in configs:
         variant = get_variant(config.variant)
-        flops = config_flops(config, variant)
-        if probe:
-            verdict = variant.verdict(config)  # unavailable, unsupported, or error when a probe raised
-            status, reason = verdict.status, verdict.reason
-        else:  # planning for another machine: only what the registry declares
-            reason = _static_unsupported(config, variant)
-            status = "unsupported" if reason else None
-        planned.append(Planned(config, variant, status, reason, flops))
+        # unavailable, unsupported, or error when a probe raised; for another machine only what is declared
+        verdict = variant.verdict(config) if probe else variant.declared_verdict(config)
+        planned.append(Planned(config, variant, verdict.status, verdict.reason, variant.flops(config)))
     return planned
-
-
-def _static_unsupported(config: BenchConfig, variant: Variant) -> str | None:
-    if config.device not in variant.devices:
-        return f"device {config.device!r} not supported (supports {list(variant.devices)})"
-    if config.dtype not in variant.dtypes:
-        return f"dtype {config.dtype!r} not supported (supports {list(variant.dtypes)})"
-    if config.causal not in variant.causal_modes:
-        return f"causal={config.causal} not supported"
-    return None
 
 
 def series_key(config: BenchConfig) -> tuple:
@@ -193,7 +171,7 @@ class Budget:
                    and series_key(_row_config(r)) == key]
         time_exp = EXPONENT[variant.time_complexity]
         mem_exp = EXPONENT[variant.memory_complexity]
-        flops = planned.flops if planned.flops is not None else config_flops(config, variant)
+        flops = planned.flops if planned.flops is not None else variant.flops(config)
         tflops = self.matmul_tflops.get(config.dtype)
         floor_s = flops / (tflops * 1e12) if tflops else None
         floor_bytes = (4.0 * config.batch * config.heads * config.n**2
