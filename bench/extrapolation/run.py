@@ -34,11 +34,11 @@ from bench.measure.environment import collect_environment
 from bench.measure.memory import (
     MemoryMeasurementUnavailable,
     available_memory_bytes,
-    is_oom,
     measure_peak_bytes,
     release_memory,
 )
 from bench.registry import get_variant
+from bench.sweep.executor import classify_failure
 from bench.sweep.planner import parse_shard
 from bench.sweep.session import new_run_id
 from bench.sweep.store import RunStore
@@ -275,9 +275,9 @@ class ExtrapolationRun:
         try:
             model = self.trained_model(variant)
         except Exception as exc:  # a failed training is a row per planned length, and the run goes on
-            status = "oom" if is_oom(exc) else "error"
+            status, reason = classify_failure(exc)
             release_memory(self.device)
-            self._status_rows(variant, status, f"training failed: {type(exc).__name__}: {exc}", done)
+            self._status_rows(variant, status, f"training failed: {reason}", done)
             return
         if self.rank == 0:
             for protocol in self.spec.eval.protocols:
@@ -332,8 +332,8 @@ class ExtrapolationRun:
                 score, peak, note = self._measure(model, n, protocol, stride)
             except Exception as exc:
                 release_memory(self.device)
-                status = "oom" if is_oom(exc) else "error"
-                previous = self._append({**row, "status": status, "reason": f"{type(exc).__name__}: {exc}",
+                status, reason = classify_failure(exc)
+                previous = self._append({**row, "status": status, "reason": reason,
                                          "wall_s": time.perf_counter() - started})
                 continue
             eval_s = time.perf_counter() - started
