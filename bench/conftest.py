@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.cli import overrides_from
+from bench.cli import SWEEP_OPTIONS, overrides_from
 
 SWEEP_KEY = pytest.StashKey()
 SKIP_REASON = "benchmark modules run only with --benchmark (pytest bench/ --benchmark)"
@@ -18,9 +18,8 @@ def _sweep(config: pytest.Config):
         from bench.sweep.session import Sweep
         from bench.sweep.store import DEFAULT_RESULTS_DIR
 
-        options = {name: config.getoption(name) for name in
-                   ("n", "d", "variants", "dtype", "causal", "pass_", "heads", "batch", "tokens_per_batch",
-                    "seed", "time_limit", "config_time_limit", "memory_limit")}
+        names = [("pass_" if name == "pass" else name) for name in SWEEP_OPTIONS]  # argparse dest of --pass
+        options = {name: config.getoption(name) for name in names}
         spec = load_spec(config.getoption("preset"), device=config.getoption("device"),
                          overrides=overrides_from(options))
         config.stash[SWEEP_KEY] = Sweep(spec, results_dir=config.getoption("results_dir") or DEFAULT_RESULTS_DIR,
