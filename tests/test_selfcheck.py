@@ -20,3 +20,16 @@ def test_unknown_group_and_status_are_refused():
         run_selfcheck(["gpus"])
     with pytest.raises(ValueError, match="'maybe'"):
         Check("tests", "x", "maybe")
+
+
+def test_front_end_verdict_compares_with_the_mean_of_the_brackets_and_names_a_missing_row():
+    from bench.selfcheck import AGREEMENT, _front_end_verdict
+
+    row = {"status": "ok", "time_median_ms": 10.0, "timer": "perf_counter", "reason": ""}
+    inside = _front_end_verdict("x", {"k": row}, "k", {"k": (9.5, 10.5)}, "Timer", 1)
+    assert inside.status == "pass" and "mean of 9.500 before and 10.500 after" in inside.detail
+    off = 10.0 / (1 - AGREEMENT) * 1.02  # both brackets agree with each other, the front end is off
+    outside = _front_end_verdict("x", {"k": row}, "k", {"k": (off, off)}, "Timer", 2)
+    assert outside.status == "fail" and "attempt 2" in outside.detail
+    assert _front_end_verdict("x", {}, "k", {"k": (1.0, 1.0)}, "Timer", 1).status == "fail"
+    assert _front_end_verdict("x", "exit 1: boom", "k", {}, "Timer", 1).detail == "exit 1: boom"
