@@ -107,3 +107,22 @@ def test_command_line_reports_bad_input(capsys: pytest.CaptureFixture, tmp_path:
                  "--results-dir", str(tmp_path)]) == 2
     assert "'/no/such/corpus'" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # no run directory for a run that could not start
+
+
+def test_a_variant_the_registry_declares_non_causal_or_without_float32_is_unsupported(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    import bench.extrapolation.run as run_module
+
+    real = run_module.get_variant("linear@torch-chunked")
+    declared = {"linear@torch-chunked": dataclasses.replace(real, causal_modes=(False,)),
+                "softmax@naive": dataclasses.replace(run_module.get_variant("softmax@naive"), dtypes=("bfloat16",))}
+    monkeypatch.setattr(run_module, "get_variant", lambda name: declared[name])
+    spec = load_extrap_spec(str(_preset(tmp_path, ["linear@torch-chunked", "softmax@naive"], [32, 64])),
+                            lengths="32,64")
+    frame = ExtrapolationRun(spec, results_dir=tmp_path / "results", run_id="u", progress=False).run().frame()
+    assert set(frame["status"]) == {"unsupported"} and len(frame) == 4  # 2 variants x 2 lengths, none trained
+    reasons = dict(zip(frame["variant"], frame["reason"], strict=False))
+    assert "causal=True not supported" in reasons["linear@torch-chunked"]
+    assert "dtype 'float32' not supported" in reasons["softmax@naive"]

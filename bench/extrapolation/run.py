@@ -26,6 +26,7 @@ import tomllib
 import torch
 from torch import distributed as dist
 
+from bench.config import BenchConfig
 from bench.extrapolation.corpus import TOKENIZER, load_corpus
 from bench.extrapolation.evaluate import PROTOCOLS, Score, evaluate, windows
 from bench.extrapolation.model import ByteLM, ModelConfig, linear_impl
@@ -196,6 +197,8 @@ class ExtrapolationRun:
         distributed_device = setup_distributed()
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.device = distributed_device or torch.device(spec.device)
+        # What train and evaluate compute in: bf16 autocast on CUDA, float32 on CPU.
+        self.dtype = "bfloat16" if self.device.type == "cuda" else "float32"
         if dist.is_initialized():  # every rank must use rank 0's run id
             holder = [run_id or new_run_id()]
             dist.broadcast_object_list(holder, src=0)
@@ -230,7 +233,7 @@ class ExtrapolationRun:
         return {"run_id": self.run_id, "key": row_key(variant.name, self.spec.train.train_len, eval_len, protocol),
                 "task": TASK, "variant": variant.name, "family": variant.family, "pe": variant.pe,
                 "backend": variant.backend, "device": self.device.type, "device_name": self.device_name,
-                "dtype": "bfloat16" if self.device.type == "cuda" else "float32",
+                "dtype": self.dtype,
                 "threads": torch.get_num_threads(), "corpus": self.corpus.name, "tokenizer": TOKENIZER,
                 "train_len": self.spec.train.train_len, "eval_len": eval_len, "protocol": protocol,
                 "stride": self.spec.eval.stride(eval_len, protocol), "steps": self.spec.train.steps,
@@ -268,9 +271,11 @@ class ExtrapolationRun:
         if (reason := variant.unavailable_reason()) is not None:
             self._status_rows(variant, "unavailable", reason, done)
             return
-        if self.device.type not in variant.devices:
-            self._status_rows(variant, "unsupported", f"device {self.device.type!r} not supported "
-                              f"(supports {list(variant.devices)})", done)
+        # The registry's own limits for what this run does: a causal LM on this device in this dtype.
+        declared = variant.declared_verdict(BenchConfig(variant=name, n=self.spec.train.train_len, d=1,
+                                                        dtype=self.dtype, causal=True, device=self.device.type))
+        if not declared.runs:
+            self._status_rows(variant, declared.status, declared.reason, done)
             return
         try:
             model = self.trained_model(variant)
