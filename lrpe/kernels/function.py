@@ -21,6 +21,7 @@ from lrpe.kernels.dispatch import FUSED_HEAD_DIMS
 from lrpe.kernels.features import KIND_ORTHOGONAL, KIND_UNITARY
 from lrpe.kernels.linear_attn_bwd import lrpe_linear_bwd_qk
 from lrpe.kernels.linear_attn_fwd import lrpe_linear_fwd
+from lrpe.kernels.linear_attn_state import lrpe_linear_state
 from lrpe.kernels.tables import KernelTables, build_tables
 
 HEAD_DIMS: tuple[int, ...] = FUSED_HEAD_DIMS
@@ -65,6 +66,39 @@ def launch_config(kind: int, head_dim: int, value_dim: int, capability: int = 90
     return LaunchConfig(block_v, 32 if two_tiles else min(width, 64), 8 if wide else 4, 2)
 
 
+SM_COUNT: int = 132
+"""Streaming multiprocessors of an H100 SXM, the GPU the segment plan is sized for."""
+TARGET_PROGRAMS: int = 2 * SM_COUNT
+"""At least this many (batch x head, segment) programs per pass-2 launch when N allows (two per SM)."""
+MIN_SEGMENT_CHUNKS: int = 16
+"""Shortest segment, in chunks: with C = 64, 1024 tokens, against which a segment's state (W x DV float32,
+written by pass 1, prefixed on the host, read by pass 2) is a few per cent of the bytes."""
+
+
+def default_segment_chunks(n: int, chunk: int, batch_heads: int) -> int:
+    """Chunks per segment of the segment-parallel kernels for N = n tokens, chunk C and B H heads.
+
+    The largest power of two at most n_chunks / ceil(TARGET_PROGRAMS / (B H)), so that B H S reaches
+    TARGET_PROGRAMS when the sequence is long enough, but never below MIN_SEGMENT_CHUNKS and never above
+    n_chunks = ceil(N / C) (one segment: short sequences, or enough heads). Powers of two cut power-of-two N
+    into equal segments. Examples (C = 64): N = 65536, B H = 16: 32 chunks, S = 32; B H = 64: 64 chunks, S = 16
+    (B H S = 1024 either way); N <= 1024: S = 1. A pure function of its arguments.
+    """
+    if n < 0 or chunk < 1 or batch_heads < 1:
+        raise ValueError(f"default_segment_chunks needs n >= 0, chunk >= 1, batch_heads >= 1, got n={n}, "
+                         f"chunk={chunk}, batch_heads={batch_heads}")
+    n_chunks = max(1, -(-n // chunk))
+    per_head = -(-TARGET_PROGRAMS // batch_heads)
+    length = 1 << max(0, (n_chunks // per_head).bit_length() - 1)
+    return min(n_chunks, max(MIN_SEGMENT_CHUNKS, length))
+
+
+def num_segments(n: int, chunk: int, seg_chunks: int) -> int:
+    """S, the number of segments of seg_chunks chunks (the last may be shorter) covering ceil(N / C) chunks
+    (one, empty, when N = 0)."""
+    return -(-max(1, -(-n // chunk)) // seg_chunks)
+
+
 def _capability(x: Tensor) -> int:
     """sm_XY of x's GPU as XY; 90 for CPU tensors (the interpreter ignores the blocks' resources)."""
     if x.device.type != "cuda":
@@ -94,71 +128,124 @@ def check_supported(q: Tensor, k: Tensor, v: Tensor, chunk: int) -> None:
         raise ValueError(f"chunk_size must be one of {chunks} for the fused kernels here, got {chunk}")
 
 
-def _common(tables: KernelTables, n: int, offset: int, heads: int, chunk: int) -> tuple:
-    return (*tables.args(), n, offset, heads, -(-n // chunk), tables.angle_heads, tables.perm_heads)
+def _common(tables: KernelTables, n: int, offset: int, heads: int, chunk: int, seg: int) -> tuple:
+    """Table and size arguments of every kernel, up to the INIT strides (pass-2 kernels take those next)."""
+    return (*tables.args(), n, offset, heads, -(-n // chunk), seg)
+
+
+def _tail(tables: KernelTables) -> tuple:
+    return (tables.angle_heads, tables.perm_heads)
 
 
 class FusedLinearAttention(torch.autograd.Function):
     """Fused forward and backward; see the module docstring. Inputs are made contiguous.
 
-    Backward: dv is the forward kernel on (k, q, dO) run anti-causally (REVERSE); dq and dk are
-    ``lrpe_linear_bwd_qk`` on (dO, v, k -> q) and, reversed, on (v, dO, q -> k).
+    Forward: pass 1 (``lrpe_linear_state``) on (k, v) gives each segment's local state, the host the
+    exclusive prefix over segments (causal) or the total (full), pass 2 (``lrpe_linear_fwd``) the output.
+    Backward: pass 1 on (q, dO) and the exclusive suffix over segments (causal) or the total give the
+    starting states of dv (the forward kernel on (k, q, dO) run anti-causally, REVERSE) and, transposed, of
+    dk (``lrpe_linear_bwd_qk`` on (v, dO, q -> k), reversed); dq (``lrpe_linear_bwd_qk`` on (dO, v, k -> q))
+    starts from the forward's states, transposed, which the forward saves.
     """
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, tables: KernelTables, causal: bool, offset: int,
-                chunk: int) -> Tensor:
+                chunk: int, seg: int) -> Tensor:
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         out = torch.empty_like(v)
-        _launch_linear(q, k, v, out, tables, causal, False, offset, chunk)
-        ctx.save_for_backward(q, k, v)
-        ctx.tables, ctx.causal, ctx.offset, ctx.chunk = tables, causal, offset, chunk
+        init = _segment_states(k, v, tables, causal, False, offset, chunk, seg)
+        _launch_linear(q, k, v, out, init, tables, causal, False, offset, chunk, seg)
+        ctx.save_for_backward(q, k, v, init)
+        ctx.tables, ctx.causal, ctx.offset, ctx.chunk, ctx.seg = tables, causal, offset, chunk, seg
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        q, k, v = ctx.saved_tensors
-        tables, causal, offset, chunk = ctx.tables, ctx.causal, ctx.offset, ctx.chunk
+        q, k, v, init_kv = ctx.saved_tensors
+        tables, causal, offset, chunk, seg = ctx.tables, ctx.causal, ctx.offset, ctx.chunk, ctx.seg
         grad_out = grad_out.contiguous().to(v.dtype)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        _launch_linear(k, q, grad_out, dv, tables, causal, causal, offset, chunk)
-        _launch_grad(grad_out, v, k, q, dq, tables, causal, False, offset, chunk)
-        _launch_grad(v, grad_out, q, k, dk, tables, causal, causal, offset, chunk)
-        return dq, dk, dv, None, None, None, None
+        init_qo = _segment_states(q, grad_out, tables, causal, causal, offset, chunk, seg)
+        _launch_linear(k, q, grad_out, dv, init_qo, tables, causal, causal, offset, chunk, seg)
+        _launch_grad(grad_out, v, k, q, dq, init_kv, tables, causal, False, offset, chunk, seg)
+        _launch_grad(v, grad_out, q, k, dk, init_qo, tables, causal, causal, offset, chunk, seg)
+        return dq, dk, dv, None, None, None, None, None
 
 
-def _launch_linear(q: Tensor, k: Tensor, v: Tensor, out: Tensor, tables: KernelTables, causal: bool,
-                   reverse: bool, offset: int, chunk: int) -> None:
+def _segment_states(k: Tensor, v: Tensor, tables: KernelTables, causal: bool, reverse: bool, offset: int,
+                    chunk: int, seg: int) -> Tensor:
+    """The state each segment starts from, (B H, S', TILES, W, DV) float32: the sum of k~_t v_t^T over the
+    earlier segments (causal), the later ones (reverse), or over all (full; S' = 1, shared by every segment).
+
+    Pass 1 runs only when needed: a causal call with one segment starts from zero."""
+    b, h, n, d = k.shape
+    dv = v.shape[-1]
+    n_segs = num_segments(n, chunk, seg)
+    tiles = 2 if tables.two else 1
+    if causal and n_segs == 1:
+        return torch.zeros(b * h, 1, tiles, tables.width, dv, dtype=torch.float32, device=k.device)
+    local = torch.empty(b * h, n_segs, tiles, tables.width, dv, dtype=torch.float32, device=k.device)
+    cfg = launch_config(tables.kind, d, dv, _capability(k))
+    grid = (b * h, triton.cdiv(dv, cfg.block_v), n_segs)
+    lrpe_linear_state[grid](k, v, local, *_common(tables, n, offset, h, chunk, seg), *_tail(tables), D=d, DV=dv,
+                            W=tables.width, BV=cfg.block_v, C=chunk, KIND=tables.kind, TWO=tables.two,
+                            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    if not causal:
+        return local.sum(dim=1, keepdim=True)
+    init = torch.zeros_like(local)
+    if reverse:  # init[g] = sum of local[g'] for g' > g
+        init[:, :-1] = torch.cumsum(local[:, 1:].flip(1), dim=1).flip(1)
+    else:  # init[g] = sum of local[g'] for g' < g
+        init[:, 1:] = torch.cumsum(local[:, :-1], dim=1)
+    return init
+
+
+def _init_strides(init: Tensor) -> tuple[int, int]:
+    """INIT's (bh, segment) strides in elements; segment stride 0 when one state serves every segment."""
+    return init.stride(0), (init.stride(1) if init.shape[1] > 1 else 0)
+
+
+def _launch_linear(q: Tensor, k: Tensor, v: Tensor, out: Tensor, init: Tensor, tables: KernelTables,
+                   causal: bool, reverse: bool, offset: int, chunk: int, seg: int) -> None:
     b, h, n, d = q.shape
     dv = v.shape[-1]
     cfg = launch_config(tables.kind, d, dv, _capability(q))
-    grid = (b * h, triton.cdiv(dv, cfg.block_v))
-    lrpe_linear_fwd[grid](q, k, v, out, *_common(tables, n, offset, h, chunk), D=d, DV=dv, W=tables.width,
-                          BV=cfg.block_v, C=chunk, KIND=tables.kind, TWO=tables.two, CAUSAL=causal,
-                          REVERSE=reverse, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    grid = (b * h, triton.cdiv(dv, cfg.block_v), num_segments(n, chunk, seg))
+    lrpe_linear_fwd[grid](q, k, v, out, init, *_common(tables, n, offset, h, chunk, seg), *_init_strides(init),
+                          *_tail(tables), D=d, DV=dv, W=tables.width, BV=cfg.block_v, C=chunk, KIND=tables.kind,
+                          TWO=tables.two, CAUSAL=causal, REVERSE=reverse, num_warps=cfg.num_warps,
+                          num_stages=cfg.num_stages)
 
 
-def _launch_grad(a: Tensor, b_: Tensor, xf: Tensor, xg: Tensor, dxg: Tensor, tables: KernelTables,
-                 causal: bool, reverse: bool, offset: int, chunk: int) -> None:
+def _launch_grad(a: Tensor, b_: Tensor, xf: Tensor, xg: Tensor, dxg: Tensor, init: Tensor, tables: KernelTables,
+                 causal: bool, reverse: bool, offset: int, chunk: int, seg: int) -> None:
     b, h, n, d = xg.shape
     dv = a.shape[-1]
     cfg = launch_config(tables.kind, d, dv, _capability(xg))
-    grid = (b * h, triton.cdiv(tables.width, cfg.block_w))
-    lrpe_linear_bwd_qk[grid](a, b_, xf, xg, dxg, *_common(tables, n, offset, h, chunk), D=d, DV=dv,
-                             W=tables.width, BW=cfg.block_w, C=chunk, KIND=tables.kind, TWO=tables.two,
-                             CAUSAL=causal, REVERSE=reverse, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    grid = (b * h, triton.cdiv(tables.width, cfg.block_w), num_segments(n, chunk, seg))
+    lrpe_linear_bwd_qk[grid](a, b_, xf, xg, dxg, init, *_common(tables, n, offset, h, chunk, seg),
+                             *_init_strides(init), *_tail(tables), D=d, DV=dv, W=tables.width, BW=cfg.block_w,
+                             C=chunk, KIND=tables.kind, TWO=tables.two, CAUSAL=causal, REVERSE=reverse,
+                             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
 def fused_lrpe_linear_attention(q: Tensor, k: Tensor, v: Tensor, positional: LRPE | None = None, *,
-                                causal: bool = True, offset: int = 0, chunk_size: int = 64) -> Tensor:
+                                causal: bool = True, offset: int = 0, chunk_size: int = 64,
+                                segment_chunks: int | None = None) -> Tensor:
     """phi = 1 + elu, then LRPE (or nothing), then causal or full linear attention without denominator.
 
     q, k: (B, H, N, D) projections; v: (B, H, N, DV); one dtype of DTYPES; D, DV in HEAD_DIMS; token n at
     position offset + n (offset >= 0). positional: None or an LRPE with P = identity of width D.
+    segment_chunks: chunks per segment of the segment-parallel passes; None (the default) takes
+    ``default_segment_chunks(N, chunk_size, B H)`` (an override exists for tests and tuning).
     Returns (B, H, N, DV) in v's dtype. Raises ValueError for anything the kernels do not take.
     """
     check_supported(q, k, v, chunk_size)
     if positional is not None and positional.head_dim != q.shape[-1]:
         raise ValueError(f"positional head_dim {positional.head_dim} != D = {q.shape[-1]}")
     tables = build_tables(positional, q.shape[-1], q.shape[-2], offset, chunk_size, q.device)
-    return FusedLinearAttention.apply(q, k, v, tables, causal, offset, chunk_size)
+    b, h, n = q.shape[:3]
+    seg = default_segment_chunks(n, chunk_size, b * h) if segment_chunks is None else segment_chunks
+    if seg < 1:
+        raise ValueError(f"segment_chunks must be >= 1, got {seg}")
+    return FusedLinearAttention.apply(q, k, v, tables, causal, offset, chunk_size, seg)
