@@ -59,11 +59,12 @@ def _inputs(n: int, d: int, dv: int, dtype: torch.dtype, seed: int, heads: int =
 
 
 def _compare(kernels, core: LinearAttentionCore, n: int, d: int, dv: int, *, offset: int = 0, chunk: int = 16,
-             dtype: torch.dtype = torch.float32, seed: int = 0, tol: float = 2e-5) -> None:
+             dtype: torch.dtype = torch.float32, seed: int = 0, tol: float = 2e-5,
+             segment_chunks: int | None = None) -> None:
     """Kernel output and (dq, dk, dv) vs the float64 oracle, relative to each reference's largest entry."""
     q, k, v = _inputs(n, d, dv, dtype, seed, heads=2)
     out = kernels.fused_lrpe_linear_attention(q, k, v, core.positional, causal=core.causal, offset=offset,
-                                              chunk_size=chunk)
+                                              chunk_size=chunk, segment_chunks=segment_chunks)
     assert out.shape == (1, 2, n, dv) and out.dtype == dtype
     ref = core(q.double(), k.double(), v.double(), offset=offset)
     grad = torch.randn(ref.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
@@ -78,19 +79,74 @@ def _compare(kernels, core: LinearAttentionCore, n: int, d: int, dv: int, *, off
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("d", [64, 128])
-def test_values_and_gradients_match_oracle(kernels, kind, causal, d):
+@pytest.mark.parametrize("segment_chunks", [None, 2])
+def test_values_and_gradients_match_oracle(kernels, kind, causal, d, segment_chunks):
     # N = 37 + ...: never a multiple of the chunk (16), so the masked tail is always exercised; 3-4 chunks.
+    # segment_chunks None: the default plan, one segment at this N; 2: segments of 2 chunks, so pass 1, the
+    # prefix over segments (forward and, for dv/dk, reversed) and the per-segment starting states all run,
+    # with a ragged last segment at D = 64 (3 chunks) and a partial last chunk in both.
     n = 37 + d // 8
     core = LinearAttentionCore(d, positional=kind, causal=causal, impl="quadratic", seed=d)
-    _compare(kernels, core, n, d, d, offset=3, seed=KINDS.index(kind) + 10 * d + causal)
+    _compare(kernels, core, n, d, d, offset=3, seed=KINDS.index(kind) + 10 * d + causal + 7 * (segment_chunks or 0),
+             segment_chunks=segment_chunks)
+
+
+@in_child
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("causal", [True, False])
+def test_one_chunk_segments(kernels, kind, causal):
+    # Every chunk its own segment (S = 6, the last one 2 rows): the kernels' chunk loops run once per program
+    # and every state comes from the prefix over segments.
+    core = LinearAttentionCore(64, positional=kind, causal=causal, impl="quadratic", seed=4)
+    _compare(kernels, core, 82, 64, 64, offset=11, seed=20 + KINDS.index(kind) + causal, segment_chunks=1)
+
+
+@in_child
+def test_default_plan_splits_long_sequences(kernels):
+    # At N = 300, C = 16 and B H = 2 the default plan cuts 19 chunks into segments of MIN_SEGMENT_CHUNKS (16):
+    # S = 2 with a 3-chunk last segment, on the path every long GPU call takes.
+    assert kernels.default_segment_chunks(300, 16, 2) == kernels.MIN_SEGMENT_CHUNKS == 16
+    assert kernels.num_segments(300, 16, 16) == 2
+    for causal in (True, False):
+        core = LinearAttentionCore(64, positional="orthogonal", causal=causal, impl="quadratic", seed=6)
+        _compare(kernels, core, 300, 64, 64, offset=5, seed=30 + causal)
+
+
+@in_child
+def test_segment_plan(kernels):
+    target, shortest = kernels.TARGET_PROGRAMS, kernels.MIN_SEGMENT_CHUNKS
+    # The documented examples (C = 64).
+    assert kernels.default_segment_chunks(65536, 64, 16) == 32 and kernels.num_segments(65536, 64, 32) == 32
+    assert kernels.default_segment_chunks(65536, 64, 64) == 128 and kernels.num_segments(65536, 64, 128) == 8
+    assert kernels.num_segments(1024, 64, kernels.default_segment_chunks(1024, 64, 16)) == 1
+    assert kernels.num_segments(0, 64, kernels.default_segment_chunks(0, 64, 1)) == 1
+    for n in (1, 63, 64, 1000, 4096, 30000, 65536, 131072, 1 << 20):
+        for bh in (1, 2, 16, 17, 100, 264, 1000):
+            n_chunks = -(-n // 64)
+            seg = kernels.default_segment_chunks(n, 64, bh)
+            segs = kernels.num_segments(n, 64, seg)
+            assert seg == kernels.default_segment_chunks(n, 64, bh)  # pure
+            assert 1 <= seg <= n_chunks and (segs - 1) * seg < n_chunks <= segs * seg
+            assert segs == 1 or seg >= shortest, (n, bh, seg)
+            assert seg & (seg - 1) == 0 or segs == 1, (n, bh, seg)  # a power of two unless one segment
+            if n_chunks // -(-target // bh) >= shortest:  # long enough: the target is reached
+                assert bh * segs >= target, (n, bh, segs)
+    with pytest.raises(ValueError, match="batch_heads=0"):
+        kernels.default_segment_chunks(100, 64, 0)
+    q = torch.randn(1, 1, 20, 64)
+    with pytest.raises(ValueError, match="segment_chunks must be >= 1, got 0"):
+        kernels.fused_lrpe_linear_attention(q, q, q, chunk_size=16, segment_chunks=0)
 
 
 @in_child
 @pytest.mark.parametrize("kind", ["orthogonal", "permutation"])
-def test_whole_chunks_and_value_width(kernels, kind):
-    # N a multiple of the chunk (no tail), the shipped chunk of 64, and DV != D.
-    core = LinearAttentionCore(128, positional=kind, causal=True, impl="quadratic")
+@pytest.mark.parametrize("causal", [True, False])
+def test_whole_chunks_and_value_width(kernels, kind, causal):
+    # N a multiple of the chunk (no tail), the shipped chunk of 64, and DV != D; then two whole segments of
+    # one chunk each (the (W, DV) state tiles with DV != W, read transposed by dq and dk).
+    core = LinearAttentionCore(128, positional=kind, causal=causal, impl="quadratic")
     _compare(kernels, core, 128, 128, 64, chunk=64, seed=5)
+    _compare(kernels, core, 128, 128, 64, chunk=64, seed=6, segment_chunks=1)
 
 
 @in_child
@@ -100,6 +156,7 @@ def test_angles_accurate_near_64k(kernels, kind):
     # coarse x fine phasor tables keep the error at float32 rounding, against float64 angles in the oracle.
     core = LinearAttentionCore(64, positional=kind, causal=True, impl="quadratic")
     _compare(kernels, core, 41, 64, 64, offset=60000, seed=7)
+    _compare(kernels, core, 41, 64, 64, offset=60000, seed=8, segment_chunks=1)
 
 
 @in_child
@@ -110,7 +167,7 @@ def test_sm80_blocks(kernels, kind, monkeypatch):
     monkeypatch.setattr(kernels, "_capability", lambda x: 80)
     assert kernels.launch_config(1, 128, 128, 80).block_w == 16
     core = LinearAttentionCore(128, positional=kind, causal=True, impl="quadratic")
-    _compare(kernels, core, 45, 128, 128, seed=13)
+    _compare(kernels, core, 45, 128, 128, seed=13, segment_chunks=2)
 
 
 @in_child
@@ -118,12 +175,12 @@ def test_per_head_parameters(kernels):
     # Per-head permutations (independent draws) and per-head theta: the tables carry a head dimension.
     perm = LinearAttentionCore(64, num_heads=2, positional="permutation", impl="quadratic", seed=3)
     assert not torch.equal(perm.positional.perm[0], perm.positional.perm[1])
-    _compare(kernels, perm, 40, 64, 64, seed=8)
+    _compare(kernels, perm, 40, 64, 64, seed=8, segment_chunks=1)
     rot = LinearAttentionCore(64, num_heads=2, positional="orthogonal", theta="learned", impl="quadratic")
     with torch.no_grad():
         rot.positional.theta[1].mul_(0.5)
     rot.positional.theta.requires_grad_(False)
-    _compare(kernels, rot, 40, 64, 64, seed=9)
+    _compare(kernels, rot, 40, 64, 64, seed=9, segment_chunks=1)
 
 
 @in_child
@@ -132,6 +189,7 @@ def test_float16_inputs(kernels, kind):
     # Half inputs: features and the state enter the dots in float16 (as on the GPU), float32 accumulation.
     core = LinearAttentionCore(64, positional=kind, causal=True, impl="quadratic")
     _compare(kernels, core, 40, 64, 64, dtype=torch.float16, seed=11, tol=2e-2)
+    _compare(kernels, core, 40, 64, 64, dtype=torch.float16, seed=12, tol=2e-2, segment_chunks=1)
 
 
 @in_child

@@ -31,10 +31,13 @@ from triton.compiler import compile as triton_compile
 from lrpe.kernels.function import LaunchConfig, launch_config
 from lrpe.kernels.linear_attn_bwd import lrpe_linear_bwd_qk
 from lrpe.kernels.linear_attn_fwd import lrpe_linear_fwd
+from lrpe.kernels.linear_attn_state import lrpe_linear_state
 from lrpe.kernels.tables import KIND_CODES
 
-KERNELS = {"fwd": lrpe_linear_fwd, "bwd_dv": lrpe_linear_fwd, "bwd_dq": lrpe_linear_bwd_qk,
-           "bwd_dk": lrpe_linear_bwd_qk}
+KERNELS = {"state": lrpe_linear_state, "fwd": lrpe_linear_fwd, "bwd_dv": lrpe_linear_fwd,
+           "bwd_dq": lrpe_linear_bwd_qk, "bwd_dk": lrpe_linear_bwd_qk}
+# Pass 1 has no causal variant (a segment's local sum); its one configuration per (kind, D, dtype) has causal None.
+UNMASKED = ("state",)
 # Shared memory per block that a kernel may use (opt-in maximum), bytes.
 SMEM_LIMIT = {90: 232448, 80: 166912}
 DTYPE_SIG = {"bf16": "*bf16", "fp16": "*fp16", "fp32": "*fp32"}
@@ -46,14 +49,17 @@ class Config:
     kernel: str
     kind: str
     head_dim: int
-    causal: bool
+    causal: bool | None
     dtype: str
 
 
 def shipped_configs(dtypes: tuple[str, ...] = ("bf16", "fp16")) -> list[Config]:
     """Every configuration the dispatch launches on a GPU at C = 64 with D = DV in {64, 128} (float32 is
-    interpreter-only; ``--dtypes fp32`` shows why)."""
-    return [Config(*c) for c in itertools.product(KERNELS, KIND_CODES, (64, 128), (True, False), dtypes)]
+    interpreter-only; ``--dtypes fp32`` shows why): pass 1 ("state") once, the pass-2 kernels causal and full."""
+    return [Config(kernel, kind, d, None if kernel in UNMASKED else causal, dtype)
+            for kernel, kind, d, causal, dtype in itertools.product(KERNELS, KIND_CODES, (64, 128), (True, False),
+                                                                    dtypes)
+            if kernel not in UNMASKED or causal]
 
 
 def _source(cfg: Config, capability: int) -> tuple[ASTSource, LaunchConfig]:
@@ -65,18 +71,20 @@ def _source(cfg: Config, capability: int) -> tuple[ASTSource, LaunchConfig]:
     tensor = DTYPE_SIG[cfg.dtype]
     sig: dict[str, str] = {}
     for name in fn.arg_names:
-        if name in ("COS_C", "SIN_C", "COS_F", "SIN_F"):
+        if name in ("COS_C", "SIN_C", "COS_F", "SIN_F", "INIT", "STATE"):
             sig[name] = "*fp32"
         elif name in ("MEMBERS", "START", "POS", "LENGTH"):
             sig[name] = "*i32"
-        elif name in ("n", "offset", "H", "n_chunks", "angle_heads", "perm_heads"):
+        elif name in ("n", "offset", "H", "n_chunks", "seg_chunks", "init_bh_stride", "init_seg_stride",
+                      "angle_heads", "perm_heads"):
             sig[name] = "i32"
         elif name.isupper():
             sig[name] = tensor
     # dv runs the forward kernel anti-causally, dk the q/k gradient kernel anti-causally (when causal).
     reverse = cfg.causal and cfg.kernel in ("bwd_dv", "bwd_dk")
-    constexprs = {"D": d, "DV": dv, "W": width, "C": CHUNK, "KIND": kind,
-                  "TWO": cfg.kind in ("unitary", "orthogonal"), "CAUSAL": cfg.causal, "REVERSE": reverse}
+    constexprs = {"D": d, "DV": dv, "W": width, "C": CHUNK, "KIND": kind, "TWO": cfg.kind in ("unitary", "orthogonal")}
+    if cfg.causal is not None:
+        constexprs.update(CAUSAL=cfg.causal, REVERSE=reverse)
     if "BV" in fn.arg_names:
         constexprs["BV"] = launch.block_v
     else:

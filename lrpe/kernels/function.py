@@ -81,8 +81,8 @@ def default_segment_chunks(n: int, chunk: int, batch_heads: int) -> int:
     The largest power of two at most n_chunks / ceil(TARGET_PROGRAMS / (B H)), so that B H S reaches
     TARGET_PROGRAMS when the sequence is long enough, but never below MIN_SEGMENT_CHUNKS and never above
     n_chunks = ceil(N / C) (one segment: short sequences, or enough heads). Powers of two cut power-of-two N
-    into equal segments. Examples (C = 64): N = 65536, B H = 16: 32 chunks, S = 32; B H = 64: 64 chunks, S = 16
-    (B H S = 1024 either way); N <= 1024: S = 1. A pure function of its arguments.
+    into equal segments. Examples (C = 64): N = 65536, B H = 16: 32 chunks, S = 32; B H = 64: 128 chunks, S = 8
+    (B H S = 512 either way); N <= 1024: S = 1. A pure function of its arguments.
     """
     if n < 0 or chunk < 1 or batch_heads < 1:
         raise ValueError(f"default_segment_chunks needs n >= 0, chunk >= 1, batch_heads >= 1, got n={n}, "

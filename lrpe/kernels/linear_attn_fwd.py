@@ -58,20 +58,24 @@ def lrpe_linear_fwd(Q, K, V, OUT, INIT, COS_C, SIN_C, COS_F, SIN_F, MEMBERS, STA
         s = offset + rows
         q1, q2 = _features(q_base, rows, rmask, c, s, 0, COS_C, SIN_C, COS_F, SIN_F, coarse_off, fine_off,
                            MEMBERS, START, POS, LENGTH, perm_off, KIND, D, W, W, C)
-        out = _mm(q1, s1, dt)
-        if TWO:
-            out += _mm(q2, s2, dt)
         if CAUSAL:
             k1, k2 = _features(k_base, rows, rmask, c, s, 0, COS_C, SIN_C, COS_F, SIN_F, coarse_off, fine_off,
                                MEMBERS, START, POS, LENGTH, perm_off, KIND, D, W, W, C)
             v = tl.load(v_base + rows[:, None] * DV + cols[None, :], mask=vmask, other=0.0)
             scores = _mm(q1, tl.trans(k1), dt)
+            out = _mm(q1, s1, dt)
             if TWO:
                 scores += _mm(q2, tl.trans(k2), dt)
+                out += _mm(q2, s2, dt)
             keep = (i[:, None] <= i[None, :]) if REVERSE else (i[:, None] >= i[None, :])
             scores = tl.where(keep, scores, 0.0)
             out += _mm(scores, v, dt)
+            tl.store(o_base + rows[:, None] * DV + cols[None, :], out.to(dt), mask=vmask)
             s1 += _mm(tl.trans(k1), v, dt)
             if TWO:
                 s2 += _mm(tl.trans(k2), v, dt)
-        tl.store(o_base + rows[:, None] * DV + cols[None, :], out.to(dt), mask=vmask)
+        else:
+            out = _mm(q1, s1, dt)
+            if TWO:
+                out += _mm(q2, s2, dt)
+            tl.store(o_base + rows[:, None] * DV + cols[None, :], out.to(dt), mask=vmask)

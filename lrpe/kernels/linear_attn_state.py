@@ -38,8 +38,11 @@ def lrpe_linear_state(K, V, STATE, COS_C, SIN_C, COS_F, SIN_F, MEMBERS, START, P
     cols = vb * BV + tl.arange(0, BV)
     cmask = cols < DV
     i = tl.arange(0, C)
-    s1 = tl.zeros((W, BV), dtype=tl.float32)
-    s2 = tl.zeros((W, BV), dtype=tl.float32)
+    # The state in the orientation whose dot has the larger M (wgmma on sm_90 needs M >= 64): (W, BV), or
+    # (BV, W) = its transpose when W < BV (orthogonal D = 64: W = 32); stored as (W, BV) either way.
+    ROWS: tl.constexpr = W >= BV
+    s1 = tl.zeros((W, BV) if ROWS else (BV, W), dtype=tl.float32)
+    s2 = tl.zeros((W, BV) if ROWS else (BV, W), dtype=tl.float32)
     first = seg * seg_chunks
     for c in range(first, tl.minimum(first + seg_chunks, n_chunks)):
         rows = c * C + i
@@ -47,10 +50,21 @@ def lrpe_linear_state(K, V, STATE, COS_C, SIN_C, COS_F, SIN_F, MEMBERS, START, P
         k1, k2 = _features(k_base, rows, rmask, c, offset + rows, 0, COS_C, SIN_C, COS_F, SIN_F, coarse_off,
                            fine_off, MEMBERS, START, POS, LENGTH, perm_off, KIND, D, W, W, C)
         v = tl.load(v_base + rows[:, None] * DV + cols[None, :], mask=rmask[:, None] & cmask[None, :], other=0.0)
-        s1 += _mm(tl.trans(k1), v, dt)
-        if TWO:
-            s2 += _mm(tl.trans(k2), v, dt)
-    out = STATE + (bh * n_segs + seg) * ((2 if TWO else 1) * W * DV) + tl.arange(0, W)[:, None] * DV + cols[None, :]
-    tl.store(out, s1, mask=cmask[None, :])
+        if ROWS:
+            s1 += _mm(tl.trans(k1), v, dt)
+            if TWO:
+                s2 += _mm(tl.trans(k2), v, dt)
+        else:
+            s1 += _mm(tl.trans(v), k1, dt)
+            if TWO:
+                s2 += _mm(tl.trans(v), k2, dt)
+    out = STATE + (bh * n_segs + seg) * ((2 if TWO else 1) * W * DV)
+    if ROWS:
+        out += tl.arange(0, W)[:, None] * DV + cols[None, :]
+        smask = cmask[None, :]
+    else:
+        out += cols[:, None] + tl.arange(0, W)[None, :] * DV
+        smask = cmask[:, None]
+    tl.store(out, s1, mask=smask)
     if TWO:
-        tl.store(out + W * DV, s2, mask=cmask[None, :])
+        tl.store(out + W * DV, s2, mask=smask)
