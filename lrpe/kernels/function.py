@@ -192,12 +192,17 @@ def _segment_states(k: Tensor, v: Tensor, tables: KernelTables, causal: bool, re
                             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if not causal:
         return local.sum(dim=1, keepdim=True)
-    init = torch.zeros_like(local)
-    if reverse:  # init[g] = sum of local[g'] for g' > g
-        init[:, :-1] = torch.cumsum(local[:, 1:].flip(1), dim=1).flip(1)
-    else:  # init[g] = sum of local[g'] for g' < g
-        init[:, 1:] = torch.cumsum(local[:, :-1], dim=1)
-    return init
+    return _exclusive_prefix(local, reverse)
+
+
+def _exclusive_prefix(local: Tensor, reverse: bool) -> Tensor:
+    """Along dim 1: ``out[:, g]`` = the sum of ``local[:, g']`` over g' < g (g' > g when reverse); zero for the
+    first segment (the last when reverse). One cumsum over S - 1 states, no further copies (forward)."""
+    src = local.flip(1) if reverse else local
+    out = torch.empty_like(src)
+    out[:, 0].zero_()
+    torch.cumsum(src[:, :-1], dim=1, out=out[:, 1:])
+    return out.flip(1) if reverse else out
 
 
 def _init_strides(init: Tensor) -> tuple[int, int]:
