@@ -3,11 +3,10 @@
 Runs ``python -m lrpe.kernels.compile_check`` in a subprocess with TRITON_INTERPRET unset (kernels defined
 under the interpreter cannot be compiled, and the interpreter tests set it for their own process). Each
 configuration the dispatch launches (pass 1 and the four pass-2 kernels x LRPE kind x D in {64, 128} x
-causal) is compiled to PTX and a
-cubin; the check fails on shared memory over the per-block limit, on any register spill (``ptxas -v``), and
-on sm_90 PTX without ``wgmma`` for half inputs. This test compiles the bfloat16 configurations (the dtype
-the GPU sweeps run); ``python -m lrpe.kernels.compile_check`` alone compiles float16 and float32 as well.
-It needs ptxas, which the triton wheel ships.
+causal) is compiled to PTX and a cubin; the check fails on shared memory over the per-block limit, on any
+register spill (``ptxas -v``), and on sm_90 PTX without ``wgmma`` for half inputs. This test compiles the
+bfloat16 configurations (the dtype the GPU sweeps run); ``python -m lrpe.kernels.compile_check`` alone
+compiles float16 and float32 as well. It needs ptxas, which the triton wheel ships.
 """
 
 from __future__ import annotations

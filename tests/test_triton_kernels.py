@@ -121,18 +121,31 @@ def test_segment_plan(kernels):
     assert kernels.num_segments(1024, 64, kernels.default_segment_chunks(1024, 64, 16)) == 1
     assert kernels.num_segments(0, 64, kernels.default_segment_chunks(0, 64, 1)) == 1
     for n in (1, 63, 64, 1000, 4096, 30000, 65536, 131072, 1 << 20):
-        for bh in (1, 2, 16, 17, 100, 264, 1000):
+        for parallel in (1, 2, 16, 17, 100, 264, 1000):
             n_chunks = -(-n // 64)
-            seg = kernels.default_segment_chunks(n, 64, bh)
+            seg = kernels.default_segment_chunks(n, 64, parallel)
             segs = kernels.num_segments(n, 64, seg)
-            assert seg == kernels.default_segment_chunks(n, 64, bh)  # pure
+            assert seg == kernels.default_segment_chunks(n, 64, parallel)  # pure
             assert 1 <= seg <= n_chunks and (segs - 1) * seg < n_chunks <= segs * seg
-            assert segs == 1 or seg >= shortest, (n, bh, seg)
-            assert seg & (seg - 1) == 0 or segs == 1, (n, bh, seg)  # a power of two unless one segment
-            if n_chunks // -(-target // bh) >= shortest:  # long enough: the target is reached
-                assert bh * segs >= target, (n, bh, segs)
-    with pytest.raises(ValueError, match="batch_heads=0"):
+            assert segs == 1 or seg >= shortest, (n, parallel, seg)
+            assert seg & (seg - 1) == 0 or segs == 1, (n, parallel, seg)  # a power of two unless one segment
+            if n_chunks // -(-target // parallel) >= shortest:  # long enough: the target is reached
+                assert parallel * segs >= target, (n, parallel, segs)
+    with pytest.raises(ValueError, match="parallel=0"):
         kernels.default_segment_chunks(100, 64, 0)
+
+
+@in_child
+def test_entry_point_plans_with_value_blocks(kernels, monkeypatch):
+    # The entry point asks the plan for B H x the forward's value blocks: unitary at D = 64 runs BV = 32
+    # (launch_config), so B 1 x H 2 x 2 blocks = 4.
+    calls = []
+    plan = kernels.default_segment_chunks
+    monkeypatch.setattr(kernels, "default_segment_chunks", lambda *args: calls.append(args) or plan(*args))
+    core = LinearAttentionCore(64, positional="unitary", impl="quadratic")
+    q = torch.randn(1, 2, 20, 64)
+    kernels.fused_lrpe_linear_attention(q, q, q, core.positional, chunk_size=16)
+    assert kernels.launch_config(1, 64, 64, 90).block_v == 32 and calls == [(20, 16, 4)]
     q = torch.randn(1, 1, 20, 64)
     with pytest.raises(ValueError, match="segment_chunks must be >= 1, got 0"):
         kernels.fused_lrpe_linear_attention(q, q, q, chunk_size=16, segment_chunks=0)

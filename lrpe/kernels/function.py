@@ -69,27 +69,31 @@ def launch_config(kind: int, head_dim: int, value_dim: int, capability: int = 90
 SM_COUNT: int = 132
 """Streaming multiprocessors of an H100 SXM, the GPU the segment plan is sized for."""
 TARGET_PROGRAMS: int = 2 * SM_COUNT
-"""At least this many (batch x head, segment) programs per pass-2 launch when N allows (two per SM)."""
+"""At least this many programs per launch when N allows (two per SM): B H x column blocks x S."""
 MIN_SEGMENT_CHUNKS: int = 16
-"""Shortest segment, in chunks: with C = 64, 1024 tokens, against which a segment's state (W x DV float32,
-written by pass 1, prefixed on the host, read by pass 2) is a few per cent of the bytes."""
+"""Shortest segment, in chunks (1024 tokens at C = 64): its state (W x DV float32, written by pass 1,
+prefixed on the host, read by pass 2) stays a few per cent of the segment's bytes."""
 
 
-def default_segment_chunks(n: int, chunk: int, batch_heads: int) -> int:
-    """Chunks per segment of the segment-parallel kernels for N = n tokens, chunk C and B H heads.
+def default_segment_chunks(n: int, chunk: int, parallel: int) -> int:
+    """Chunks per segment of the segment-parallel kernels for N = n tokens and chunk C, where ``parallel``
+    programs run side by side for each segment index: B H times the forward's value blocks DV / BV
+    (``launch_config``; the dq/dk kernels' feature blocks W / BW are as many at every shipped shape).
 
-    The largest power of two at most n_chunks / ceil(TARGET_PROGRAMS / (B H)), so that B H S reaches
-    TARGET_PROGRAMS when the sequence is long enough, but never below MIN_SEGMENT_CHUNKS and never above
-    n_chunks = ceil(N / C) (one segment: short sequences, or enough heads). Powers of two cut power-of-two N
-    into equal segments. Examples (C = 64): N = 65536, B H = 16: 32 chunks, S = 32; B H = 64: 128 chunks, S = 8
-    (B H S = 512 either way); N <= 1024: S = 1. A pure function of its arguments.
+    The largest power of two at most n_chunks / ceil(TARGET_PROGRAMS / parallel), so that parallel x S
+    reaches TARGET_PROGRAMS when the sequence is long enough, but never below MIN_SEGMENT_CHUNKS and never
+    above n_chunks = ceil(N / C) (one segment: short sequences, or enough heads). Powers of two cut
+    power-of-two N into equal segments; counting the value blocks keeps the per-segment state traffic the
+    same share at every width (wider kinds get fewer, longer segments). Examples (C = 64, N = 65536):
+    parallel 16 (B H = 16, one value block): 32 chunks, S = 32; parallel 64: 128 chunks, S = 8 (512 programs
+    either way). N <= 1024: S = 1. A pure function of its arguments.
     """
-    if n < 0 or chunk < 1 or batch_heads < 1:
-        raise ValueError(f"default_segment_chunks needs n >= 0, chunk >= 1, batch_heads >= 1, got n={n}, "
-                         f"chunk={chunk}, batch_heads={batch_heads}")
+    if n < 0 or chunk < 1 or parallel < 1:
+        raise ValueError(f"default_segment_chunks needs n >= 0, chunk >= 1, parallel >= 1, got n={n}, "
+                         f"chunk={chunk}, parallel={parallel}")
     n_chunks = max(1, -(-n // chunk))
-    per_head = -(-TARGET_PROGRAMS // batch_heads)
-    length = 1 << max(0, (n_chunks // per_head).bit_length() - 1)
+    per_column = -(-TARGET_PROGRAMS // parallel)
+    length = 1 << max(0, (n_chunks // per_column).bit_length() - 1)
     return min(n_chunks, max(MIN_SEGMENT_CHUNKS, length))
 
 
@@ -242,15 +246,17 @@ def fused_lrpe_linear_attention(q: Tensor, k: Tensor, v: Tensor, positional: LRP
     q, k: (B, H, N, D) projections; v: (B, H, N, DV); one dtype of DTYPES; D, DV in HEAD_DIMS; token n at
     position offset + n (offset >= 0). positional: None or an LRPE with P = identity of width D.
     segment_chunks: chunks per segment of the segment-parallel passes; None (the default) takes
-    ``default_segment_chunks(N, chunk_size, B H)`` (an override exists for tests and tuning).
+    ``default_segment_chunks(N, chunk_size, B H x value blocks)`` (an override exists for tests and tuning).
     Returns (B, H, N, DV) in v's dtype. Raises ValueError for anything the kernels do not take.
     """
     check_supported(q, k, v, chunk_size)
     if positional is not None and positional.head_dim != q.shape[-1]:
         raise ValueError(f"positional head_dim {positional.head_dim} != D = {q.shape[-1]}")
     tables = build_tables(positional, q.shape[-1], q.shape[-2], offset, chunk_size, q.device)
-    b, h, n = q.shape[:3]
-    seg = default_segment_chunks(n, chunk_size, b * h) if segment_chunks is None else segment_chunks
-    if seg < 1:
-        raise ValueError(f"segment_chunks must be >= 1, got {seg}")
-    return FusedLinearAttention.apply(q, k, v, tables, causal, offset, chunk_size, seg)
+    b, h, n, d = q.shape
+    if segment_chunks is None:
+        value_blocks = triton.cdiv(v.shape[-1], launch_config(tables.kind, d, v.shape[-1], _capability(q)).block_v)
+        segment_chunks = default_segment_chunks(n, chunk_size, b * h * value_blocks)
+    if segment_chunks < 1:
+        raise ValueError(f"segment_chunks must be >= 1, got {segment_chunks}")
+    return FusedLinearAttention.apply(q, k, v, tables, causal, offset, chunk_size, segment_chunks)
