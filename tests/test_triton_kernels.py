@@ -60,11 +60,12 @@ def _inputs(n: int, d: int, dv: int, dtype: torch.dtype, seed: int, heads: int =
 
 def _compare(kernels, core: LinearAttentionCore, n: int, d: int, dv: int, *, offset: int = 0, chunk: int = 16,
              dtype: torch.dtype = torch.float32, seed: int = 0, tol: float = 2e-5,
-             segment_chunks: int | None = None) -> None:
+             segment_chunks: int | None = None, feature_map: str = "elu1") -> None:
     """Kernel output and (dq, dk, dv) vs the float64 oracle, relative to each reference's largest entry."""
     q, k, v = _inputs(n, d, dv, dtype, seed, heads=2)
     out = kernels.fused_lrpe_linear_attention(q, k, v, core.positional, causal=core.causal, offset=offset,
-                                              chunk_size=chunk, segment_chunks=segment_chunks)
+                                              chunk_size=chunk, segment_chunks=segment_chunks,
+                                              feature_map=feature_map)
     assert out.shape == (1, 2, n, dv) and out.dtype == dtype
     ref = core(q.double(), k.double(), v.double(), offset=offset)
     grad = torch.randn(ref.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
@@ -203,6 +204,35 @@ def test_float16_inputs(kernels, kind):
     core = LinearAttentionCore(64, positional=kind, causal=True, impl="quadratic")
     _compare(kernels, core, 40, 64, 64, dtype=torch.float16, seed=11, tol=2e-2)
     _compare(kernels, core, 40, 64, 64, dtype=torch.float16, seed=12, tol=2e-2, segment_chunks=1)
+
+
+@in_child
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("causal", [True, False])
+def test_identity_feature_map(kernels, kind, causal):
+    # feature_map="identity": q, k are already features (signed here), the kernels apply only the LRPE
+    # transform; oracle: the quadratic core with feature map "identity". Segments of 2 chunks, ragged.
+    core = LinearAttentionCore(64, feature_map="identity", positional=kind, causal=causal, impl="quadratic", seed=2)
+    _compare(kernels, core, 45, 64, 64, offset=3, seed=40 + KINDS.index(kind) + causal, segment_chunks=2,
+             feature_map="identity")
+
+
+@in_child
+def test_identity_differs_from_elu1(kernels):
+    # The option reaches the kernels: on the same inputs the two feature maps give different outputs, and
+    # identity on phi(q), phi(k) equals elu1 on q, k.
+    gen = torch.Generator().manual_seed(50)
+    q, k, v = (torch.randn(1, 2, 40, 64, generator=gen) for _ in range(3))
+    pos = LinearAttentionCore(64, positional="orthogonal").positional
+    elu = kernels.fused_lrpe_linear_attention(q, k, v, pos, chunk_size=16, segment_chunks=1)
+    ident = kernels.fused_lrpe_linear_attention(q, k, v, pos, chunk_size=16, segment_chunks=1, feature_map="identity")
+    assert (elu - ident).abs().max() > 1e-2 * elu.abs().max()
+    phi = torch.nn.functional.elu(torch.stack([q, k])) + 1
+    mapped = kernels.fused_lrpe_linear_attention(phi[0], phi[1], v, pos, chunk_size=16, segment_chunks=1,
+                                                 feature_map="identity")
+    torch.testing.assert_close(mapped, elu, rtol=1e-5, atol=1e-5 * elu.abs().max().item())
+    with pytest.raises(ValueError, match=r"feature_map must be one of \['elu1', 'identity'\].*got 'relu'"):
+        kernels.fused_lrpe_linear_attention(q, k, v, pos, chunk_size=16, feature_map="relu")
 
 
 @in_child

@@ -27,7 +27,8 @@ def lrpe_linear_bwd_qk(A, B, XF, XG, DXG, INIT, COS_C, SIN_C, COS_F, SIN_F, MEMB
                        n, offset, H, n_chunks, seg_chunks, init_bh_stride, init_seg_stride, angle_heads,
                        perm_heads,
                        D: tl.constexpr, DV: tl.constexpr, W: tl.constexpr, BW: tl.constexpr, C: tl.constexpr,
-                       KIND: tl.constexpr, TWO: tl.constexpr, CAUSAL: tl.constexpr, REVERSE: tl.constexpr):
+                       KIND: tl.constexpr, TWO: tl.constexpr, CAUSAL: tl.constexpr, REVERSE: tl.constexpr,
+                       FEATURE: tl.constexpr):
     """A, B: (B, H, N, DV) (dO and V, or V and dO); XF: the projections whose features are summed (k or q);
     XG, DXG: the projections whose gradient this computes, and that gradient (q and dq, or k and dk)."""
     bh = tl.program_id(0).to(tl.int64)
@@ -63,7 +64,7 @@ def lrpe_linear_bwd_qk(A, B, XF, XG, DXG, INIT, COS_C, SIN_C, COS_F, SIN_F, MEMB
             g2 = _mm(a, t2, dt)
         if CAUSAL:
             f1, f2 = _features(xf_base, rows, rmask, c, s, wb, COS_C, SIN_C, COS_F, SIN_F, coarse_off,
-                               fine_off, MEMBERS, START, POS, LENGTH, perm_off, KIND, D, W, BW, C)
+                               fine_off, MEMBERS, START, POS, LENGTH, perm_off, KIND, D, W, BW, C, FEATURE)
             b = tl.load(b_base + rows[:, None] * DV + cols[None, :], mask=rmask[:, None], other=0.0)
             ab = _mm(a, tl.trans(b), dt)
             keep = (i[:, None] <= i[None, :]) if REVERSE else (i[:, None] >= i[None, :])
@@ -74,4 +75,4 @@ def lrpe_linear_bwd_qk(A, B, XF, XG, DXG, INIT, COS_C, SIN_C, COS_F, SIN_F, MEMB
                 g2 += _mm(ab, f2, dt)
                 t2 += _mm(tl.trans(b), f2, dt)
         _store_feature_grad(xg_base, dxg_base, rows, rmask, c, s, wb, g1, g2, COS_C, SIN_C, COS_F, SIN_F,
-                            coarse_off, fine_off, MEMBERS, START, POS, LENGTH, perm_off, KIND, D, W, BW, C)
+                            coarse_off, fine_off, MEMBERS, START, POS, LENGTH, perm_off, KIND, D, W, BW, C, FEATURE)

@@ -28,7 +28,8 @@ from lrpe.kernels.features import _features, _mm
 def lrpe_linear_fwd(Q, K, V, OUT, INIT, COS_C, SIN_C, COS_F, SIN_F, MEMBERS, START, POS, LENGTH,
                     n, offset, H, n_chunks, seg_chunks, init_bh_stride, init_seg_stride, angle_heads, perm_heads,
                     D: tl.constexpr, DV: tl.constexpr, W: tl.constexpr, BV: tl.constexpr, C: tl.constexpr,
-                    KIND: tl.constexpr, TWO: tl.constexpr, CAUSAL: tl.constexpr, REVERSE: tl.constexpr):
+                    KIND: tl.constexpr, TWO: tl.constexpr, CAUSAL: tl.constexpr, REVERSE: tl.constexpr,
+                    FEATURE: tl.constexpr):
     bh = tl.program_id(0).to(tl.int64)
     vb = tl.program_id(1)
     seg = tl.program_id(2)
@@ -57,10 +58,10 @@ def lrpe_linear_fwd(Q, K, V, OUT, INIT, COS_C, SIN_C, COS_F, SIN_F, MEMBERS, STA
         vmask = rmask[:, None] & cmask[None, :]
         s = offset + rows
         q1, q2 = _features(q_base, rows, rmask, c, s, 0, COS_C, SIN_C, COS_F, SIN_F, coarse_off, fine_off,
-                           MEMBERS, START, POS, LENGTH, perm_off, KIND, D, W, W, C)
+                           MEMBERS, START, POS, LENGTH, perm_off, KIND, D, W, W, C, FEATURE)
         if CAUSAL:
             k1, k2 = _features(k_base, rows, rmask, c, s, 0, COS_C, SIN_C, COS_F, SIN_F, coarse_off, fine_off,
-                               MEMBERS, START, POS, LENGTH, perm_off, KIND, D, W, W, C)
+                               MEMBERS, START, POS, LENGTH, perm_off, KIND, D, W, W, C, FEATURE)
             v = tl.load(v_base + rows[:, None] * DV + cols[None, :], mask=vmask, other=0.0)
             scores = _mm(q1, tl.trans(k1), dt)
             out = _mm(q1, s1, dt)

@@ -23,7 +23,7 @@ from lrpe.kernels.features import _features, _mm
 def lrpe_linear_state(K, V, STATE, COS_C, SIN_C, COS_F, SIN_F, MEMBERS, START, POS, LENGTH,
                       n, offset, H, n_chunks, seg_chunks, angle_heads, perm_heads,
                       D: tl.constexpr, DV: tl.constexpr, W: tl.constexpr, BV: tl.constexpr, C: tl.constexpr,
-                      KIND: tl.constexpr, TWO: tl.constexpr):
+                      KIND: tl.constexpr, TWO: tl.constexpr, FEATURE: tl.constexpr):
     """K: (B, H, N, D) projections whose features are summed; V: (B, H, N, DV); STATE: see the module."""
     bh = tl.program_id(0).to(tl.int64)
     vb = tl.program_id(1)
@@ -48,7 +48,7 @@ def lrpe_linear_state(K, V, STATE, COS_C, SIN_C, COS_F, SIN_F, MEMBERS, START, P
         rows = c * C + i
         rmask = rows < n
         k1, k2 = _features(k_base, rows, rmask, c, offset + rows, 0, COS_C, SIN_C, COS_F, SIN_F, coarse_off,
-                           fine_off, MEMBERS, START, POS, LENGTH, perm_off, KIND, D, W, W, C)
+                           fine_off, MEMBERS, START, POS, LENGTH, perm_off, KIND, D, W, W, C, FEATURE)
         v = tl.load(v_base + rows[:, None] * DV + cols[None, :], mask=rmask[:, None] & cmask[None, :], other=0.0)
         if ROWS:
             s1 += _mm(tl.trans(k1), v, dt)
