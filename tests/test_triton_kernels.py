@@ -288,15 +288,18 @@ on_gpu = pytest.mark.skipif(INTERPRETING or not torch.cuda.is_available(),
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("d", [64, 128])
-def test_cuda_bfloat16_matches_oracle(kind, causal, d):
-    # The compiled kernels at the shipped chunk (64), N = 1000 (a masked tail), bfloat16 operands.
+@pytest.mark.parametrize(("segment_chunks", "feature_map"), [(None, "elu1"), (4, "elu1"), (4, "identity")])
+def test_cuda_bfloat16_matches_oracle(kind, causal, d, segment_chunks, feature_map):
+    # The compiled kernels at the shipped chunk (64), N = 1000 (a masked tail), bfloat16 operands: the default
+    # plan (one segment at this N), then 4 segments of 4 chunks (the last ragged), and the identity map.
     from lrpe.kernels.function import fused_lrpe_linear_attention
 
-    core = LinearAttentionCore(d, positional=kind, causal=causal, impl="quadratic").cuda()
+    core = LinearAttentionCore(d, feature_map=feature_map, positional=kind, causal=causal, impl="quadratic").cuda()
     gen = torch.Generator(device="cuda").manual_seed(d + causal)
     q, k, v = (torch.randn(1, 2, 1000, d, device="cuda", generator=gen).bfloat16().requires_grad_()
                for _ in range(3))
-    out = fused_lrpe_linear_attention(q, k, v, core.positional, causal=causal, offset=60000)
+    out = fused_lrpe_linear_attention(q, k, v, core.positional, causal=causal, offset=60000,
+                                      segment_chunks=segment_chunks, feature_map=feature_map)
     ref = core(q.double(), k.double(), v.double(), offset=60000)
     grad = torch.randn(ref.shape, device="cuda", generator=gen, dtype=torch.float64)
     got = torch.autograd.grad(out, (q, k, v), grad.bfloat16())
