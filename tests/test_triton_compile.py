@@ -2,11 +2,11 @@
 
 Runs ``python -m lrpe.kernels.compile_check`` in a subprocess with TRITON_INTERPRET unset (kernels defined
 under the interpreter cannot be compiled, and the interpreter tests set it for their own process). Each
-configuration the dispatch launches (kernel x LRPE kind x D in {64, 128} x causal) is compiled to PTX and a
-cubin; the check fails on shared memory over the per-block limit, on any register spill (``ptxas -v``), and
-on sm_90 PTX without ``wgmma`` for half inputs. This test compiles the bfloat16 configurations (the dtype
-the GPU sweeps run); ``python -m lrpe.kernels.compile_check`` alone compiles float16 and float32 as well.
-It needs ptxas, which the triton wheel ships.
+configuration the kernels launch (pass 1 and the four pass-2 kernels x LRPE kind x D in {64, 128} x causal x
+feature map) is compiled to PTX and a cubin; the check fails on shared memory over the per-block limit, on
+any register spill (``ptxas -v``), and on sm_90 PTX without ``wgmma`` for half inputs. This test compiles
+the bfloat16 configurations (the dtype the GPU sweeps run); ``python -m lrpe.kernels.compile_check`` alone
+compiles float16 and float32 as well. It needs ptxas, which the triton wheel ships.
 """
 
 from __future__ import annotations
@@ -37,8 +37,11 @@ def test_every_shipped_configuration_compiles_without_spills(tmp_path):
     print(proc.stdout)  # the resource table, shown with -s or on failure
     assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-4000:]
     rows = json.loads(out.read_text())
-    # 4 kernels (fwd, dv, dq, dk) x 4 kinds x 2 head dims x 2 causal modes x 2 architectures.
-    assert len(rows) == 4 * 4 * 2 * 2 * 2
+    # Pass 2: 4 kernels (fwd, dv, dq, dk) x 4 kinds x 2 head dims x 2 causal modes; pass 1 ("state", no
+    # causal mode): 4 kinds x 2 head dims; each for 2 feature maps (1 + elu, identity) and 2 architectures.
+    assert len(rows) == (4 * 4 * 2 * 2 + 4 * 2) * 2 * 2
+    assert {row["kernel"] for row in rows} == {"state", "fwd", "bwd_dv", "bwd_dq", "bwd_dk"}
+    assert {row["feature"] for row in rows} == {"elu1", "identity"}
     assert all(row["wgmma"] for row in rows if row["arch"] == "sm_90a")
     assert all(row["mma"] for row in rows if row["arch"] == "sm_80")
     assert not any(row["failures"] for row in rows)

@@ -59,11 +59,13 @@ def _inputs(n: int, d: int, dv: int, dtype: torch.dtype, seed: int, heads: int =
 
 
 def _compare(kernels, core: LinearAttentionCore, n: int, d: int, dv: int, *, offset: int = 0, chunk: int = 16,
-             dtype: torch.dtype = torch.float32, seed: int = 0, tol: float = 2e-5) -> None:
+             dtype: torch.dtype = torch.float32, seed: int = 0, tol: float = 2e-5,
+             segment_chunks: int | None = None, feature_map: str = "elu1") -> None:
     """Kernel output and (dq, dk, dv) vs the float64 oracle, relative to each reference's largest entry."""
     q, k, v = _inputs(n, d, dv, dtype, seed, heads=2)
     out = kernels.fused_lrpe_linear_attention(q, k, v, core.positional, causal=core.causal, offset=offset,
-                                              chunk_size=chunk)
+                                              chunk_size=chunk, segment_chunks=segment_chunks,
+                                              feature_map=feature_map)
     assert out.shape == (1, 2, n, dv) and out.dtype == dtype
     ref = core(q.double(), k.double(), v.double(), offset=offset)
     grad = torch.randn(ref.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
@@ -78,19 +80,87 @@ def _compare(kernels, core: LinearAttentionCore, n: int, d: int, dv: int, *, off
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("d", [64, 128])
-def test_values_and_gradients_match_oracle(kernels, kind, causal, d):
+@pytest.mark.parametrize("segment_chunks", [None, 2])
+def test_values_and_gradients_match_oracle(kernels, kind, causal, d, segment_chunks):
     # N = 37 + ...: never a multiple of the chunk (16), so the masked tail is always exercised; 3-4 chunks.
+    # segment_chunks None: the default plan, one segment at this N; 2: segments of 2 chunks, so pass 1, the
+    # prefix over segments (forward and, for dv/dk, reversed) and the per-segment starting states all run,
+    # with a ragged last segment at D = 64 (3 chunks) and a partial last chunk in both.
     n = 37 + d // 8
     core = LinearAttentionCore(d, positional=kind, causal=causal, impl="quadratic", seed=d)
-    _compare(kernels, core, n, d, d, offset=3, seed=KINDS.index(kind) + 10 * d + causal)
+    _compare(kernels, core, n, d, d, offset=3, seed=KINDS.index(kind) + 10 * d + causal + 7 * (segment_chunks or 0),
+             segment_chunks=segment_chunks)
+
+
+@in_child
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("causal", [True, False])
+def test_one_chunk_segments(kernels, kind, causal):
+    # Every chunk its own segment (S = 6, the last one 2 rows): the kernels' chunk loops run once per program
+    # and every state comes from the prefix over segments.
+    core = LinearAttentionCore(64, positional=kind, causal=causal, impl="quadratic", seed=4)
+    _compare(kernels, core, 82, 64, 64, offset=11, seed=20 + KINDS.index(kind) + causal, segment_chunks=1)
+
+
+@in_child
+def test_default_plan_splits_long_sequences(kernels):
+    # At N = 300, C = 16 and B H = 2 the default plan cuts 19 chunks into segments of MIN_SEGMENT_CHUNKS (16):
+    # S = 2 with a 3-chunk last segment, on the path every long GPU call takes.
+    assert kernels.default_segment_chunks(300, 16, 2) == kernels.MIN_SEGMENT_CHUNKS == 16
+    assert kernels.num_segments(300, 16, 16) == 2
+    for causal in (True, False):
+        core = LinearAttentionCore(64, positional="orthogonal", causal=causal, impl="quadratic", seed=6)
+        _compare(kernels, core, 300, 64, 64, offset=5, seed=30 + causal)
+
+
+@in_child
+def test_segment_plan(kernels):
+    target, shortest = kernels.TARGET_PROGRAMS, kernels.MIN_SEGMENT_CHUNKS
+    # The documented examples (C = 64).
+    assert kernels.default_segment_chunks(65536, 64, 16) == 32 and kernels.num_segments(65536, 64, 32) == 32
+    assert kernels.default_segment_chunks(65536, 64, 64) == 128 and kernels.num_segments(65536, 64, 128) == 8
+    assert kernels.num_segments(1024, 64, kernels.default_segment_chunks(1024, 64, 16)) == 1
+    assert kernels.num_segments(0, 64, kernels.default_segment_chunks(0, 64, 1)) == 1
+    for n in (1, 63, 64, 1000, 4096, 30000, 65536, 131072, 1 << 20):
+        for parallel in (1, 2, 16, 17, 100, 264, 1000):
+            n_chunks = -(-n // 64)
+            seg = kernels.default_segment_chunks(n, 64, parallel)
+            segs = kernels.num_segments(n, 64, seg)
+            assert seg == kernels.default_segment_chunks(n, 64, parallel)  # pure
+            assert 1 <= seg <= n_chunks and (segs - 1) * seg < n_chunks <= segs * seg
+            assert segs == 1 or seg >= shortest, (n, parallel, seg)
+            assert seg & (seg - 1) == 0 or segs == 1, (n, parallel, seg)  # a power of two unless one segment
+            if n_chunks // -(-target // parallel) >= shortest:  # long enough: the target is reached
+                assert parallel * segs >= target, (n, parallel, segs)
+    with pytest.raises(ValueError, match="parallel=0"):
+        kernels.default_segment_chunks(100, 64, 0)
+
+
+@in_child
+def test_entry_point_plans_with_value_blocks(kernels, monkeypatch):
+    # The entry point asks the plan for B H x the forward's value blocks: unitary at D = 64 runs BV = 32
+    # (launch_config), so B 1 x H 2 x 2 blocks = 4.
+    calls = []
+    plan = kernels.default_segment_chunks
+    monkeypatch.setattr(kernels, "default_segment_chunks", lambda *args: calls.append(args) or plan(*args))
+    core = LinearAttentionCore(64, positional="unitary", impl="quadratic")
+    q = torch.randn(1, 2, 20, 64)
+    kernels.fused_lrpe_linear_attention(q, q, q, core.positional, chunk_size=16)
+    assert kernels.launch_config(1, 64, 64, 90).block_v == 32 and calls == [(20, 16, 4)]
+    q = torch.randn(1, 1, 20, 64)
+    with pytest.raises(ValueError, match="segment_chunks must be >= 1, got 0"):
+        kernels.fused_lrpe_linear_attention(q, q, q, chunk_size=16, segment_chunks=0)
 
 
 @in_child
 @pytest.mark.parametrize("kind", ["orthogonal", "permutation"])
-def test_whole_chunks_and_value_width(kernels, kind):
-    # N a multiple of the chunk (no tail), the shipped chunk of 64, and DV != D.
-    core = LinearAttentionCore(128, positional=kind, causal=True, impl="quadratic")
+@pytest.mark.parametrize("causal", [True, False])
+def test_whole_chunks_and_value_width(kernels, kind, causal):
+    # N a multiple of the chunk (no tail), the shipped chunk of 64, and DV != D; then two whole segments of
+    # one chunk each (the (W, DV) state tiles with DV != W, read transposed by dq and dk).
+    core = LinearAttentionCore(128, positional=kind, causal=causal, impl="quadratic")
     _compare(kernels, core, 128, 128, 64, chunk=64, seed=5)
+    _compare(kernels, core, 128, 128, 64, chunk=64, seed=6, segment_chunks=1)
 
 
 @in_child
@@ -100,6 +170,7 @@ def test_angles_accurate_near_64k(kernels, kind):
     # coarse x fine phasor tables keep the error at float32 rounding, against float64 angles in the oracle.
     core = LinearAttentionCore(64, positional=kind, causal=True, impl="quadratic")
     _compare(kernels, core, 41, 64, 64, offset=60000, seed=7)
+    _compare(kernels, core, 41, 64, 64, offset=60000, seed=8, segment_chunks=1)
 
 
 @in_child
@@ -110,7 +181,7 @@ def test_sm80_blocks(kernels, kind, monkeypatch):
     monkeypatch.setattr(kernels, "_capability", lambda x: 80)
     assert kernels.launch_config(1, 128, 128, 80).block_w == 16
     core = LinearAttentionCore(128, positional=kind, causal=True, impl="quadratic")
-    _compare(kernels, core, 45, 128, 128, seed=13)
+    _compare(kernels, core, 45, 128, 128, seed=13, segment_chunks=2)
 
 
 @in_child
@@ -118,12 +189,12 @@ def test_per_head_parameters(kernels):
     # Per-head permutations (independent draws) and per-head theta: the tables carry a head dimension.
     perm = LinearAttentionCore(64, num_heads=2, positional="permutation", impl="quadratic", seed=3)
     assert not torch.equal(perm.positional.perm[0], perm.positional.perm[1])
-    _compare(kernels, perm, 40, 64, 64, seed=8)
+    _compare(kernels, perm, 40, 64, 64, seed=8, segment_chunks=1)
     rot = LinearAttentionCore(64, num_heads=2, positional="orthogonal", theta="learned", impl="quadratic")
     with torch.no_grad():
         rot.positional.theta[1].mul_(0.5)
     rot.positional.theta.requires_grad_(False)
-    _compare(kernels, rot, 40, 64, 64, seed=9)
+    _compare(kernels, rot, 40, 64, 64, seed=9, segment_chunks=1)
 
 
 @in_child
@@ -132,6 +203,36 @@ def test_float16_inputs(kernels, kind):
     # Half inputs: features and the state enter the dots in float16 (as on the GPU), float32 accumulation.
     core = LinearAttentionCore(64, positional=kind, causal=True, impl="quadratic")
     _compare(kernels, core, 40, 64, 64, dtype=torch.float16, seed=11, tol=2e-2)
+    _compare(kernels, core, 40, 64, 64, dtype=torch.float16, seed=12, tol=2e-2, segment_chunks=1)
+
+
+@in_child
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("causal", [True, False])
+def test_identity_feature_map(kernels, kind, causal):
+    # feature_map="identity": q, k are already features (signed here), the kernels apply only the LRPE
+    # transform; oracle: the quadratic core with feature map "identity". Segments of 2 chunks, ragged.
+    core = LinearAttentionCore(64, feature_map="identity", positional=kind, causal=causal, impl="quadratic", seed=2)
+    _compare(kernels, core, 45, 64, 64, offset=3, seed=40 + KINDS.index(kind) + causal, segment_chunks=2,
+             feature_map="identity")
+
+
+@in_child
+def test_identity_differs_from_elu1(kernels):
+    # The option reaches the kernels: on the same inputs the two feature maps give different outputs, and
+    # identity on phi(q), phi(k) equals elu1 on q, k.
+    gen = torch.Generator().manual_seed(50)
+    q, k, v = (torch.randn(1, 2, 40, 64, generator=gen) for _ in range(3))
+    pos = LinearAttentionCore(64, positional="orthogonal").positional
+    elu = kernels.fused_lrpe_linear_attention(q, k, v, pos, chunk_size=16, segment_chunks=1)
+    ident = kernels.fused_lrpe_linear_attention(q, k, v, pos, chunk_size=16, segment_chunks=1, feature_map="identity")
+    assert (elu - ident).abs().max() > 1e-2 * elu.abs().max()
+    phi = torch.nn.functional.elu(torch.stack([q, k])) + 1
+    mapped = kernels.fused_lrpe_linear_attention(phi[0], phi[1], v, pos, chunk_size=16, segment_chunks=1,
+                                                 feature_map="identity")
+    torch.testing.assert_close(mapped, elu, rtol=1e-5, atol=1e-5 * elu.abs().max().item())
+    with pytest.raises(ValueError, match=r"feature_map must be one of \['elu1', 'identity'\].*got 'relu'"):
+        kernels.fused_lrpe_linear_attention(q, k, v, pos, chunk_size=16, feature_map="relu")
 
 
 @in_child
@@ -187,15 +288,18 @@ on_gpu = pytest.mark.skipif(INTERPRETING or not torch.cuda.is_available(),
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("d", [64, 128])
-def test_cuda_bfloat16_matches_oracle(kind, causal, d):
-    # The compiled kernels at the shipped chunk (64), N = 1000 (a masked tail), bfloat16 operands.
+@pytest.mark.parametrize(("segment_chunks", "feature_map"), [(None, "elu1"), (4, "elu1"), (4, "identity")])
+def test_cuda_bfloat16_matches_oracle(kind, causal, d, segment_chunks, feature_map):
+    # The compiled kernels at the shipped chunk (64), N = 1000 (a masked tail), bfloat16 operands: the default
+    # plan (one segment at this N), then 4 segments of 4 chunks (the last ragged), and the identity map.
     from lrpe.kernels.function import fused_lrpe_linear_attention
 
-    core = LinearAttentionCore(d, positional=kind, causal=causal, impl="quadratic").cuda()
+    core = LinearAttentionCore(d, feature_map=feature_map, positional=kind, causal=causal, impl="quadratic").cuda()
     gen = torch.Generator(device="cuda").manual_seed(d + causal)
     q, k, v = (torch.randn(1, 2, 1000, d, device="cuda", generator=gen).bfloat16().requires_grad_()
                for _ in range(3))
-    out = fused_lrpe_linear_attention(q, k, v, core.positional, causal=causal, offset=60000)
+    out = fused_lrpe_linear_attention(q, k, v, core.positional, causal=causal, offset=60000,
+                                      segment_chunks=segment_chunks, feature_map=feature_map)
     ref = core(q.double(), k.double(), v.double(), offset=60000)
     grad = torch.randn(ref.shape, device="cuda", generator=gen, dtype=torch.float64)
     got = torch.autograd.grad(out, (q, k, v), grad.bfloat16())

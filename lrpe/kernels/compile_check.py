@@ -28,13 +28,16 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, make_backend
 from triton.compiler import compile as triton_compile
 
-from lrpe.kernels.function import LaunchConfig, launch_config
+from lrpe.kernels.function import FEATURE_CODES, LaunchConfig, launch_config
 from lrpe.kernels.linear_attn_bwd import lrpe_linear_bwd_qk
 from lrpe.kernels.linear_attn_fwd import lrpe_linear_fwd
+from lrpe.kernels.linear_attn_state import lrpe_linear_state
 from lrpe.kernels.tables import KIND_CODES
 
-KERNELS = {"fwd": lrpe_linear_fwd, "bwd_dv": lrpe_linear_fwd, "bwd_dq": lrpe_linear_bwd_qk,
-           "bwd_dk": lrpe_linear_bwd_qk}
+KERNELS = {"state": lrpe_linear_state, "fwd": lrpe_linear_fwd, "bwd_dv": lrpe_linear_fwd,
+           "bwd_dq": lrpe_linear_bwd_qk, "bwd_dk": lrpe_linear_bwd_qk}
+# Pass 1 has no causal variant (a segment's local sum); its one configuration per (kind, D, dtype) has causal None.
+UNMASKED = ("state",)
 # Shared memory per block that a kernel may use (opt-in maximum), bytes.
 SMEM_LIMIT = {90: 232448, 80: 166912}
 DTYPE_SIG = {"bf16": "*bf16", "fp16": "*fp16", "fp32": "*fp32"}
@@ -46,37 +49,46 @@ class Config:
     kernel: str
     kind: str
     head_dim: int
-    causal: bool
+    causal: bool | None
     dtype: str
+    feature: str
 
 
-def shipped_configs(dtypes: tuple[str, ...] = ("bf16", "fp16")) -> list[Config]:
-    """Every configuration the dispatch launches on a GPU at C = 64 with D = DV in {64, 128} (float32 is
-    interpreter-only; ``--dtypes fp32`` shows why)."""
-    return [Config(*c) for c in itertools.product(KERNELS, KIND_CODES, (64, 128), (True, False), dtypes)]
+def shipped_configs(dtypes: tuple[str, ...] = ("bf16", "fp16"),
+                    features: tuple[str, ...] = tuple(FEATURE_CODES)) -> list[Config]:
+    """Every configuration the kernels launch on a GPU at C = 64 with D = DV in {64, 128} (float32 is
+    interpreter-only; ``--dtypes fp32`` shows why): pass 1 ("state") once, the pass-2 kernels causal and full,
+    each for every feature map (1 + elu, identity)."""
+    return [Config(kernel, kind, d, None if kernel in UNMASKED else causal, dtype, feature)
+            for feature, kernel, kind, d, causal, dtype in itertools.product(features, KERNELS, KIND_CODES,
+                                                                             (64, 128), (True, False), dtypes)
+            if kernel not in UNMASKED or causal]
 
 
 def _source(cfg: Config, capability: int) -> tuple[ASTSource, LaunchConfig]:
     fn = KERNELS[cfg.kernel]
     d = dv = cfg.head_dim
     kind = KIND_CODES[cfg.kind]
-    launch = launch_config(kind, d, dv, capability)
+    launch = launch_config(kind, d, dv, capability, FEATURE_CODES[cfg.feature])
     width = d // 2 if cfg.kind == "orthogonal" else d
     tensor = DTYPE_SIG[cfg.dtype]
     sig: dict[str, str] = {}
     for name in fn.arg_names:
-        if name in ("COS_C", "SIN_C", "COS_F", "SIN_F"):
+        if name in ("COS_C", "SIN_C", "COS_F", "SIN_F", "INIT", "STATE"):
             sig[name] = "*fp32"
         elif name in ("MEMBERS", "START", "POS", "LENGTH"):
             sig[name] = "*i32"
-        elif name in ("n", "offset", "H", "n_chunks", "angle_heads", "perm_heads"):
+        elif name in ("n", "offset", "H", "n_chunks", "seg_chunks", "init_bh_stride", "init_seg_stride",
+                      "angle_heads", "perm_heads"):
             sig[name] = "i32"
         elif name.isupper():
             sig[name] = tensor
     # dv runs the forward kernel anti-causally, dk the q/k gradient kernel anti-causally (when causal).
     reverse = cfg.causal and cfg.kernel in ("bwd_dv", "bwd_dk")
-    constexprs = {"D": d, "DV": dv, "W": width, "C": CHUNK, "KIND": kind,
-                  "TWO": cfg.kind in ("unitary", "orthogonal"), "CAUSAL": cfg.causal, "REVERSE": reverse}
+    constexprs = {"D": d, "DV": dv, "W": width, "C": CHUNK, "KIND": kind, "TWO": cfg.kind in ("unitary", "orthogonal"),
+                  "FEATURE": FEATURE_CODES[cfg.feature]}
+    if cfg.causal is not None:
+        constexprs.update(CAUSAL=cfg.causal, REVERSE=reverse)
     if "BV" in fn.arg_names:
         constexprs["BV"] = launch.block_v
     else:
@@ -155,20 +167,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", default="90,80", help="compute capabilities, comma separated")
     parser.add_argument("--dtypes", default="bf16,fp16")
     parser.add_argument("--kernels", default=",".join(KERNELS))
+    parser.add_argument("--features", default=",".join(FEATURE_CODES), help="feature maps (elu1, identity)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compile processes")
     parser.add_argument("--json", help="write the rows to this file")
     args = parser.parse_args(argv)
     kernels = args.kernels.split(",")
-    work = [(cfg, int(cap)) for cfg in shipped_configs(tuple(args.dtypes.split(","))) if cfg.kernel in kernels
-            for cap in args.arch.split(",")]
-    print(f"{'kernel':9} {'kind':12} {'D':>4} {'causal':6} {'dtype':5} {'arch':7} {'warps':>5} {'regs':>4} "
-          f"{'smem':>7} {'spill':>6} {'wgmma':5}  failures", flush=True)
+    configs = shipped_configs(tuple(args.dtypes.split(",")), tuple(args.features.split(",")))
+    work = [(cfg, int(cap)) for cfg in configs if cfg.kernel in kernels for cap in args.arch.split(",")]
+    print(f"{'kernel':9} {'kind':12} {'D':>4} {'causal':6} {'dtype':5} {'phi':8} {'arch':7} {'warps':>5} "
+          f"{'regs':>4} {'smem':>7} {'spill':>6} {'wgmma':5}  failures", flush=True)
     rows = []
     with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         for row in pool.map(_compile_star, work):
             rows.append(row)
             print(f"{row['kernel']:9} {row['kind']:12} {row['head_dim']:>4} {row['causal']!s:6} {row['dtype']:5} "
-                  f"{row['arch']:7} {row['warps']:>5} {row['regs']:>4} {row['shared']:>7} "
+                  f"{row['feature']:8} {row['arch']:7} {row['warps']:>5} {row['regs']:>4} {row['shared']:>7} "
                   f"{row['spill_stores'] + row['spill_loads']:>6} {row['wgmma']!s:5}  {'; '.join(row['failures'])}",
                   flush=True)
     if args.json:

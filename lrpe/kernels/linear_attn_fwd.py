@@ -1,15 +1,19 @@
-"""Forward Triton kernel: chunked linear attention (no denominator) with phi = 1 + elu and LRPE fused.
+"""Forward Triton kernel (pass 2): chunked linear attention (no denominator), phi = 1 + elu and LRPE fused.
 
-One program per (batch x head, block of BV value columns). It walks the N / C chunks in order and keeps the
-state ``S = sum_t k~_t v_t^T`` (W x BV per feature tile, float32) in registers:
+One program per (batch x head, block of BV value columns, segment): it walks its segment's chunks
+(``seg_chunks`` consecutive chunks, see ``linear_attn_state``) in order, starting from the state INIT holds
+for the segment, and keeps ``S = sum_t k~_t v_t^T`` (W x BV per feature tile, float32) in registers:
 
     causal:     O_c = tril(Q~_c K~_c^T) V_c + Q~_c S_{<c},   then S += K~_c^T V_c
-    non-causal: S = K~^T V over every chunk first, then O_c = Q~_c S
+    non-causal: O_c = Q~_c S with S the total state of every chunk (INIT holds it for every segment)
 
-With REVERSE (causal only) it walks the chunks backwards with triu and S_{>c}: the anti-causal sum
-``o_t = sum_{s >= t} (q~_t . k~_s) v_s``, which is the backward's dV with (q, k, v) = (k, q, dO).
-Q~, K~ are the transformed features of ``features._features``; they exist only in registers.
-Shapes: q, k (B, H, N, D), v and out (B, H, N, DV), contiguous; any N (the last chunk is masked).
+With REVERSE (causal only) it walks its chunks backwards with triu and S_{>c}: the anti-causal sum
+``o_t = sum_{s >= t} (q~_t . k~_s) v_s``, which is the backward's dV with (q, k, v) = (k, q, dO); INIT then
+holds the sum over the later segments. Q~, K~ are the transformed features of ``features._features``; they
+exist only in registers.
+Shapes: q, k (B, H, N, D), v and out (B, H, N, DV), contiguous; any N (the last chunk is masked). INIT:
+float32, tile t of segment g of head bh at ``INIT + bh init_bh_stride + g init_seg_stride + t W DV`` as a
+row-major (W, DV) matrix (init_seg_stride = 0: one state for every segment).
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ from lrpe.kernels.features import _features, _mm
 
 
 @triton.jit
-def lrpe_linear_fwd(Q, K, V, OUT, COS_C, SIN_C, COS_F, SIN_F, MEMBERS, START, POS, LENGTH,
-                    n, offset, H, n_chunks, angle_heads, perm_heads,
+def lrpe_linear_fwd(Q, K, V, OUT, INIT, COS_C, SIN_C, COS_F, SIN_F, MEMBERS, START, POS, LENGTH,
+                    n, offset, H, n_chunks, seg_chunks, init_bh_stride, init_seg_stride, angle_heads, perm_heads,
                     D: tl.constexpr, DV: tl.constexpr, W: tl.constexpr, BV: tl.constexpr, C: tl.constexpr,
-                    KIND: tl.constexpr, TWO: tl.constexpr, CAUSAL: tl.constexpr, REVERSE: tl.constexpr):
+                    KIND: tl.constexpr, TWO: tl.constexpr, CAUSAL: tl.constexpr, REVERSE: tl.constexpr,
+                    FEATURE: tl.constexpr):
     bh = tl.program_id(0).to(tl.int64)
     vb = tl.program_id(1)
+    seg = tl.program_id(2)
     dt = V.dtype.element_ty
     # Tables are shared (heads = 1: offset 0) or per head (heads = H).
     h = bh % H
@@ -38,19 +44,24 @@ def lrpe_linear_fwd(Q, K, V, OUT, COS_C, SIN_C, COS_F, SIN_F, MEMBERS, START, PO
     cols = vb * BV + tl.arange(0, BV)
     cmask = cols < DV
     i = tl.arange(0, C)
-    s1 = tl.zeros((W, BV), dtype=tl.float32)
-    s2 = tl.zeros((W, BV), dtype=tl.float32)
-    if CAUSAL:
-        for step in range(0, n_chunks):
-            c = n_chunks - 1 - step if REVERSE else step
-            rows = c * C + i
-            rmask = rows < n
-            s = offset + rows
-            q1, q2 = _features(q_base, rows, rmask, c, s, 0, COS_C, SIN_C, COS_F, SIN_F, coarse_off, fine_off,
-                               MEMBERS, START, POS, LENGTH, perm_off, KIND, D, W, W, C)
+    init = INIT + bh * init_bh_stride + seg * init_seg_stride + tl.arange(0, W)[:, None] * DV + cols[None, :]
+    s1 = tl.load(init, mask=cmask[None, :], other=0.0)
+    s2 = s1
+    if TWO:
+        s2 = tl.load(init + W * DV, mask=cmask[None, :], other=0.0)
+    first = seg * seg_chunks
+    count = tl.minimum(seg_chunks, n_chunks - first)
+    for step in range(0, count):
+        c = first + count - 1 - step if REVERSE else first + step
+        rows = c * C + i
+        rmask = rows < n
+        vmask = rmask[:, None] & cmask[None, :]
+        s = offset + rows
+        q1, q2 = _features(q_base, rows, rmask, c, s, 0, COS_C, SIN_C, COS_F, SIN_F, coarse_off, fine_off,
+                           MEMBERS, START, POS, LENGTH, perm_off, KIND, D, W, W, C, FEATURE)
+        if CAUSAL:
             k1, k2 = _features(k_base, rows, rmask, c, s, 0, COS_C, SIN_C, COS_F, SIN_F, coarse_off, fine_off,
-                               MEMBERS, START, POS, LENGTH, perm_off, KIND, D, W, W, C)
-            vmask = rmask[:, None] & cmask[None, :]
+                               MEMBERS, START, POS, LENGTH, perm_off, KIND, D, W, W, C, FEATURE)
             v = tl.load(v_base + rows[:, None] * DV + cols[None, :], mask=vmask, other=0.0)
             scores = _mm(q1, tl.trans(k1), dt)
             out = _mm(q1, s1, dt)
@@ -64,24 +75,8 @@ def lrpe_linear_fwd(Q, K, V, OUT, COS_C, SIN_C, COS_F, SIN_F, MEMBERS, START, PO
             s1 += _mm(tl.trans(k1), v, dt)
             if TWO:
                 s2 += _mm(tl.trans(k2), v, dt)
-    else:
-        for c in range(0, n_chunks):
-            rows = c * C + i
-            rmask = rows < n
-            k1, k2 = _features(k_base, rows, rmask, c, offset + rows, 0, COS_C, SIN_C, COS_F, SIN_F, coarse_off,
-                               fine_off, MEMBERS, START, POS, LENGTH, perm_off, KIND, D, W, W, C)
-            v = tl.load(v_base + rows[:, None] * DV + cols[None, :], mask=rmask[:, None] & cmask[None, :],
-                        other=0.0)
-            s1 += _mm(tl.trans(k1), v, dt)
-            if TWO:
-                s2 += _mm(tl.trans(k2), v, dt)
-        for c in range(0, n_chunks):
-            rows = c * C + i
-            rmask = rows < n
-            q1, q2 = _features(q_base, rows, rmask, c, offset + rows, 0, COS_C, SIN_C, COS_F, SIN_F, coarse_off,
-                               fine_off, MEMBERS, START, POS, LENGTH, perm_off, KIND, D, W, W, C)
+        else:
             out = _mm(q1, s1, dt)
             if TWO:
                 out += _mm(q2, s2, dt)
-            tl.store(o_base + rows[:, None] * DV + cols[None, :], out.to(dt),
-                     mask=rmask[:, None] & cmask[None, :])
+            tl.store(o_base + rows[:, None] * DV + cols[None, :], out.to(dt), mask=vmask)
