@@ -2,8 +2,13 @@
 
 - "quadratic": the oracle, ``O = ((Q K^T) * M) V`` with an explicit N x N score matrix.
 - "recurrent": a token loop over the state ``S_s = S_{s-1} + k_s v_s^T``, ``o_s = q_s^T S_s`` (decoding).
-- "chunked" (= "auto"): chunks of C rows; inside a chunk the masked C x C scores, across chunks the prefix
-  of per-chunk states. Time O(N C D + N D Dv), memory O(N D + (N/C) D Dv); no (N, D, Dv) tensor.
+- "chunked": chunks of C rows; inside a chunk the masked C x C scores, across chunks the prefix of per-chunk
+  states. Time O(N C D + N D Dv), memory O(N D + (N/C) D Dv); no (N, D, Dv) tensor.
+- "auto" (the default): the fused Triton kernels (``lrpe.kernels``, feature map "identity") for the numerator
+  on CUDA tensors they take (bfloat16/float16, Dk and Dv in 64/128, chunk_size 64, no state), the denominator
+  in torch; "chunked" otherwise. "triton" forces the kernels and raises ValueError with the reason where they
+  cannot run. The kernels feed their dots half-precision operands (float32 accumulation and state), as fla
+  does; the torch forms compute in float32.
 
 Shapes: q, k (B, H, N, Dk), v (B, H, N, Dv); Dk may differ from Dv. The causal mask keeps key t for query s
 when t <= s. Normalised attention divides row s by ``sum_{t<=s} q_s . k_t + eps`` (all t when not causal);
@@ -27,6 +32,8 @@ from lrpe.checks import check_qkv
 from lrpe.rotation import angle_dtype
 
 IMPLS: tuple[str, ...] = ("quadratic", "recurrent", "chunked", "auto")
+FORCED_FUSED: tuple[str, ...] = ("triton",)
+"""The impl names that force the fused kernels (``lrpe.kernels``), here and in ``LinearAttentionCore``."""
 
 
 class LinearAttentionState(NamedTuple):
@@ -41,8 +48,8 @@ class LinearAttentionState(NamedTuple):
 
 
 def _check_options(impl: str, chunk_size: int, eps: float) -> None:
-    if impl not in IMPLS:
-        raise ValueError(f"unknown impl {impl!r}; allowed: {list(IMPLS)}")
+    if impl not in (*IMPLS, *FORCED_FUSED):
+        raise ValueError(f"unknown impl {impl!r}; allowed: {[*IMPLS, *FORCED_FUSED]}")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
     if not eps >= 0:
@@ -195,7 +202,8 @@ def linear_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True, no
             are ``denominator_features`` or (q, k).
         eps: added to the denominator, explicit so that a near-zero denominator stays visible.
         chunk_size: C of the chunked form.
-        impl: "quadratic" (oracle), "recurrent" (token loop), "chunked", or "auto" (= chunked).
+        impl: "quadratic" (oracle), "recurrent" (token loop), "chunked", "auto" (the fused kernels where
+            they apply, else chunked; module docstring) or "triton" (the fused kernels, or ValueError).
         denominator_features: (qd, kd), each (B, H, N, Dd): the features the denominator (and a state's
             k_sum) uses instead of q, k, e.g. features without positional transform (RoFormer Eq. 19).
         initial_state: causal only: the state of the tokens before this block (prefill, then decode).
@@ -214,6 +222,16 @@ def linear_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True, no
         _check_state(initial_state, q, v, kd)
     compute = angle_dtype(q.dtype)
     out_dtype = v.dtype
+    if impl in ("auto", *FORCED_FUSED):
+        from lrpe.kernels.dispatch import fused_numerator
+
+        num = fused_numerator(q, k, v, causal=causal, chunk_size=chunk_size, forced=impl != "auto",
+                              has_state=initial_state is not None or return_state)
+        if num is not None:
+            if normalize:
+                den = normalizer(qd.to(compute), kd.to(compute), causal=causal)
+                num = num.to(compute) / (den + eps)[..., None]
+            return num.to(out_dtype)
     q, k, v = (t.to(compute) for t in (q, k, v))
     qd, kd = (q, k) if denominator_features is None else (qd.to(compute), kd.to(compute))
     state = None if initial_state is None else LinearAttentionState(*(t.to(compute) for t in initial_state))

@@ -53,8 +53,9 @@ class LinearAttentionCore(nn.Module):
         qk_transform: optional module with ``forward(q, k, offset) -> (q', k')`` applied before the feature
             map (e.g. SPE).
         normalize: divide by the denominator of the untransformed features plus ``eps`` (module docstring).
-        causal, impl, chunk_size: as in ``lrpe.linear_attention``, plus "triton" (the fused kernels of
-            ``lrpe.kernels``, forced), and "auto" takes them on CUDA where they apply (``lrpe.kernels.dispatch``);
+        causal, impl, chunk_size: as in ``lrpe.linear_attention``: "triton" forces the fused kernels of
+            ``lrpe.kernels`` (feature map and LRPE inside them), "auto" takes them on CUDA where they apply
+            (``lrpe.kernels.dispatch``), and otherwise the numerator's own "auto" choice;
             ``impl`` may also be an external kernel, a callable ``(q, k, v, *, causal) -> out`` on the
             transformed features computing the unnormalised numerator (e.g. flash-linear-attention's; the
             suite registers it as a backend).

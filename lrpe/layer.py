@@ -33,6 +33,7 @@ class LinearAttention(nn.Module):
         head_dim: per-head width D; defaults to d_model // num_heads (which must then divide evenly).
         feature_map, positional, p, theta, normalize, causal, impl, chunk_size: passed to
             ``LinearAttentionCore`` (LRPE parameters are shared across heads, as in the paper's code).
+            impl defaults to "auto": the fused Triton kernels on CUDA where they apply, torch elsewhere.
         norm: "rmsnorm" (default), "layernorm" or "none", over the merged heads (H * D) before the output
             projection.
         bias: bias in the four projections.
@@ -45,7 +46,7 @@ class LinearAttention(nn.Module):
     def __init__(self, d_model: int, num_heads: int, *, head_dim: int | None = None,
                  feature_map: str | FeatureMap = "elu1", positional: str | nn.Module = "none",
                  p: str = "identity", theta: str = "fixed", norm: str = "rmsnorm", normalize: bool = False,
-                 causal: bool = True, impl: str = "chunked", chunk_size: int = 64, bias: bool = False,
+                 causal: bool = True, impl: str = "auto", chunk_size: int = 64, bias: bool = False,
                  seed: int = 0) -> None:
         super().__init__()
         if d_model < 1 or num_heads < 1:

@@ -280,6 +280,56 @@ def test_check_supported_names_the_bad_value(kernels):
         kernels.check_supported(q, q, q, 48)
 
 
+@in_child
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize(("dk", "n"), [(64, 70), (128, 33)])
+def test_functional_forced_impl_matches_the_oracle(kernels, causal, normalize, dk, n):
+    # lrpe.linear_attention on feature-mapped q, k (positive: a denominator away from 0) through the kernels
+    # (identity feature map) against its own float64 quadratic form, values and gradients; chunk 16: several
+    # chunks and a masked tail.
+    from lrpe import linear_attention
+
+    gen = torch.Generator().manual_seed(dk + n + causal + 2 * normalize)
+    q, k = (torch.rand(1, 2, n, dk, generator=gen, dtype=torch.float64).float().requires_grad_() for _ in range(2))
+    v = torch.randn(1, 2, n, 64, generator=gen, dtype=torch.float64).float().requires_grad_()
+    out = linear_attention(q, k, v, causal=causal, normalize=normalize, chunk_size=16, impl="triton")
+    ref = linear_attention(q.double(), k.double(), v.double(), causal=causal, normalize=normalize,
+                           impl="quadratic")
+    grad = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+    got = torch.autograd.grad(out, (q, k, v), grad.float())
+    want = torch.autograd.grad(ref, (q, k, v), grad)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), (out, *got), (ref, *want), strict=True):
+        err = ((a.double() - b).abs().max() / b.abs().max()).item()
+        assert err < 2e-5, f"{name}: relative error {err:.2e}"
+
+
+@in_child
+def test_functional_forced_impl_refuses_states_and_shapes(kernels):
+    from lrpe import linear_attention
+
+    q = k = v = torch.rand(1, 1, 20, 64)
+    with pytest.raises(ValueError, match="impl='triton': initial_state / return_state are not fused"):
+        linear_attention(q, k, v, impl="triton", return_state=True)
+    with pytest.raises(ValueError, match=r"impl='triton': .*D, DV in .* got D=48"):
+        linear_attention(q[..., :48], k[..., :48], v, impl="triton")
+    # "auto" on CPU tensors is the chunked form, bit for bit.
+    torch.testing.assert_close(linear_attention(q, k, v, impl="auto"), linear_attention(q, k, v, impl="chunked"),
+                               rtol=0, atol=0)
+
+
+@pytest.mark.skipif(INTERPRETING, reason="checks the compiled-kernel process")
+def test_functional_forced_impl_on_cpu_says_it_needs_cuda():
+    from lrpe import linear_attention
+
+    q = k = v = torch.rand(1, 1, 20, 64)
+    with pytest.raises(ValueError, match=r"impl='triton': the fused kernels need CUDA tensors"):
+        linear_attention(q, k, v, impl="triton")
+    with pytest.raises(ValueError, match=r"unknown impl 'fused'; allowed: \['quadratic', 'recurrent', 'chunked', "
+                                         r"'auto', 'triton'\]"):
+        linear_attention(q, k, v, impl="fused")
+
+
 on_gpu = pytest.mark.skipif(INTERPRETING or not torch.cuda.is_available(),
                             reason="needs a CUDA GPU and compiled (not interpreted) kernels")
 
@@ -319,3 +369,25 @@ def test_auto_selects_kernels_on_cuda():
     assert unsupported_reason(core, q, k, v, 0, has_state=False, forced=False) is None
     torch.testing.assert_close(core(q, k, v), fused_lrpe_linear_attention(q, k, v, core.positional),
                                rtol=0, atol=0)
+
+
+@on_gpu
+@pytest.mark.parametrize("normalize", [False, True])
+def test_functional_auto_selects_kernels_on_cuda(normalize):
+    from lrpe import LinearAttention, linear_attention
+    from lrpe.kernels.dispatch import fused_numerator
+
+    q, k = (torch.rand(1, 2, 300, 64, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    v = torch.randn(1, 2, 300, 64, device="cuda", dtype=torch.bfloat16)
+    num = fused_numerator(q, k, v, causal=True, chunk_size=64, has_state=False, forced=False)
+    assert num is not None
+    got = linear_attention(q, k, v, normalize=normalize)  # impl="auto" is the default
+    want = linear_attention(q.double(), k.double(), v.double(), normalize=normalize, impl="quadratic")
+    assert ((got.double() - want).abs().max() / want.abs().max()).item() < 3e-2
+    if not normalize:
+        torch.testing.assert_close(got, num, rtol=0, atol=0)
+    layer = LinearAttention(128, 2, positional="orthogonal").cuda().bfloat16()  # impl="auto" by default
+    x = torch.randn(1, 300, 128, device="cuda", dtype=torch.bfloat16)
+    chunked = LinearAttention(128, 2, positional="orthogonal", impl="chunked").cuda().bfloat16()
+    chunked.load_state_dict(layer.state_dict())
+    assert ((layer(x) - chunked(x)).abs().max() / chunked(x).abs().max()).item() < 3e-2

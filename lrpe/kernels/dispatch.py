@@ -1,4 +1,5 @@
-"""Choosing the fused Triton kernels for a ``LinearAttentionCore`` call (impl "auto" or "triton").
+"""Choosing the fused Triton kernels for a ``LinearAttentionCore`` or ``lrpe.linear_attention`` call (impl
+"auto" or "triton").
 
 "auto" takes the kernels for CUDA tensors when Triton imports and the call is one they compute (below), and
 otherwise falls back to the torch path (the oracle). "triton" is forced: it runs the kernels or raises
@@ -10,6 +11,11 @@ The kernels compute: feature map 1 + elu, no qk_transform, positional "none" or 
 (theta not trained through this call), normalize=False, no state in or out, offset >= 0, one dtype of
 bfloat16/float16 for q, k, v on an sm_80+ GPU (float32 too under the interpreter), D and DV in (64, 128),
 chunk_size 64 (16 and 32 too under the interpreter).
+
+``lrpe.linear_attention`` gets already feature-mapped q, k: its numerator runs the kernels with feature map
+"identity" and no positional transform, under the same dtype, shape, chunk and no-state conditions; its
+denominator (normalize=True) stays in torch. A core that the kernels refuse (say P = Householder) therefore
+still reaches them under "auto" through ``linear_attention`` on its transformed features.
 """
 
 from __future__ import annotations
@@ -21,10 +27,11 @@ import sys
 import torch
 from torch import Tensor, nn
 
+from lrpe.attention import FORCED_FUSED
 from lrpe.encoding import LRPE
 from lrpe.feature_maps import elu1
 
-FUSED_IMPLS: tuple[str, ...] = ("triton",)
+FUSED_IMPLS: tuple[str, ...] = FORCED_FUSED
 FUSED_HEAD_DIMS: tuple[int, ...] = (64, 128)
 """D and DV the kernels take: the ones compile_check covers (D = 16 orthogonal would make 8-wide dots)."""
 
@@ -54,12 +61,27 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def _placement_reason(q: Tensor, *, forced: bool) -> str | None:
+    """Why the kernels cannot run on q's device here (CUDA, or CPU under a forced interpreted call), or None."""
+    if q.device.type != "cuda" and not (forced and _interpreting() and q.device.type == "cpu"):
+        return f"the fused kernels need CUDA tensors (or TRITON_INTERPRET=1 on CPU), got device {q.device}"
+    return triton_reason()
+
+
+def _shape_reason(q: Tensor, k: Tensor, v: Tensor, chunk_size: int) -> str | None:
+    from lrpe.kernels.function import check_supported
+
+    try:
+        check_supported(q, k, v, chunk_size)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def unsupported_reason(core: nn.Module, q: Tensor, k: Tensor, v: Tensor, offset: int, *, has_state: bool,
                        forced: bool) -> str | None:
     """Why the fused kernels cannot compute this call of ``core`` (a LinearAttentionCore), or None."""
-    if q.device.type != "cuda" and not (forced and _interpreting() and q.device.type == "cpu"):
-        return f"the fused kernels need CUDA tensors (or TRITON_INTERPRET=1 on CPU), got device {q.device}"
-    reason = triton_reason()
+    reason = _placement_reason(q, forced=forced)
     if reason:
         return reason
     if core.feature_map is not elu1:
@@ -80,13 +102,26 @@ def unsupported_reason(core: nn.Module, q: Tensor, k: Tensor, v: Tensor, offset:
             return "a learned theta needs its gradient, which the fused kernels do not compute"
     if offset < 0:
         return f"the fused kernels take offset >= 0, got {offset}"
-    from lrpe.kernels.function import check_supported
+    return _shape_reason(q, k, v, core.chunk_size)
 
-    try:
-        check_supported(q, k, v, core.chunk_size)
-    except ValueError as exc:
-        return str(exc)
-    return None
+
+def fused_numerator(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, chunk_size: int, has_state: bool,
+                    forced: bool) -> Tensor | None:
+    """``lrpe.linear_attention``'s numerator ``sum_t (q_s . k_t) v_t`` on feature-mapped q, k by the fused
+    kernels (feature map "identity", no positional transform), or None when they cannot compute it and the
+    call is not forced; raises ValueError with the reason when forced (impl="triton")."""
+    reason = _placement_reason(q, forced=forced)
+    if reason is None and has_state:
+        reason = "initial_state / return_state are not fused"
+    if reason is None:
+        reason = _shape_reason(q, k, v, chunk_size)
+    if reason is not None:
+        if forced:
+            raise ValueError(f"impl='triton': {reason}")
+        return None
+    from lrpe.kernels.function import fused_lrpe_linear_attention
+
+    return fused_lrpe_linear_attention(q, k, v, None, causal=causal, chunk_size=chunk_size, feature_map="identity")
 
 
 def fused_attention(core: nn.Module, q: Tensor, k: Tensor, v: Tensor, offset: int, *, has_state: bool
