@@ -17,7 +17,7 @@ from bench.sweep.session import Sweep
 from bench.sweep.store import RunStore
 from reports import analysis
 from reports.__main__ import main as reports_main
-from reports.load import Run, ceilings_by_dtype, load_run
+from reports.load import Run, ceilings_by_dtype, load_run, run_ceilings
 from reports.render import REPORT_FILE, render_runs
 from reports.summary import summary_text
 
@@ -276,3 +276,17 @@ def test_summary_text_lists_times_memory_and_failures():
     assert "over-budget  softmax@b" in text and "N=512: predicted 9 s > 8 s" in text
     assert "statuses: ok 2, over-budget 1" in text
     assert summary_text(pd.DataFrame()) == "no rows"
+
+
+def test_ceilings_as_a_run_stores_them_are_read_per_dtype(real_run):
+    """The session's ceilings as ``measure_ceilings`` writes them (``{"matmul": {dtype: {...}}, "copy_gbps": ...}``)
+    give the report the run's matmul rate for its dtype, not an 'unknown dtype' row without a rate."""
+    run = load_run(real_run)
+    stored = run.sessions[0]["ceilings"]
+    rate = stored["matmul"]["float32"]["matmul_tflops"]
+    found = run_ceilings([run])
+    assert list(found) == [("tiny", "float32")]
+    assert found[("tiny", "float32")]["matmul_tflops"] == rate
+    assert found[("tiny", "float32")]["copy_gbps"] == stored["copy_gbps"]
+    text = render_runs([run])
+    assert "unknown dtype" not in text and f"{rate:.4g}" in text
