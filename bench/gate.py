@@ -440,7 +440,20 @@ def update(budgets_path: str | Path = DEFAULT_BUDGETS, run_dirs: list[str | Path
     tolerances = tolerances or Tolerances(**old.get("tolerances", {}))
     if not run_dirs:
         run_dirs = [run_rounds(preset, rounds=rounds, threads=threads, results_dir=results_dir, log=log)]
-    measured = [measure(read_rounds(d), reference, time_stat) for d in run_dirs]
+    measured = []
+    for run_dir in run_dirs:
+        frames = read_rounds(run_dir)
+        # Budgets from a run whose configs did not all come back ok would silently lack those configs.
+        problems = status_problems(frames)
+        reasons = [f"{len(frames)} rounds where the budgets take {rounds}"] if len(frames) != rounds else []
+        if not problems.empty:
+            found = "; ".join(f"{p['variant']} N={p['n']}: {p['status']} in round {p['round']}"
+                              for p in problems.head(10).to_dict("records"))
+            reasons.append(f"{len(problems)} rows not ok ({found})")
+        if reasons:
+            raise ValueError(f"{run_dir} cannot make budgets: {'; '.join(reasons)}. Rerun the gate, or give only "
+                             "runs that finished clean")
+        measured.append(measure(frames, reference, time_stat))
     specs = [run_spec(d) for d in run_dirs]
     if any(s != specs[0] for s in specs):
         raise ValueError(f"the runs {[str(d) for d in run_dirs]} were made with different presets")

@@ -251,3 +251,11 @@ def test_a_gate_run_with_a_round_missing_or_cut_short_fails(tmp_path):
     assert failed(result, "status") == {(PROBE, 4096), (REFERENCE, 4096)}, result.text
     assert "no row in round 3" in result.text
 
+
+def test_update_refuses_a_run_whose_configs_did_not_all_run(tmp_path):
+    """Budgets written from a run where a config errored would lack that config: refuse and name it."""
+    run = _stored_gate_run(tmp_path / "run", errors={(2, PROBE, 2048)})
+    path = tmp_path / "budgets.json"
+    with pytest.raises(ValueError, match=r"linear-probe@torch-chunked.*2048.*error in round 2"):
+        gate.update(path, [run])
+    assert not path.exists()
