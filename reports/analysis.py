@@ -130,6 +130,21 @@ def fastest(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+THROUGHPUT = ("tflops", "gbps", "tokens_per_s", "frac_matmul_ceiling", "frac_copy_ceiling")
+
+
+def best_throughput(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per panel and variant, the largest of each THROUGHPUT column over N (each column's own best row)."""
+    rows = []
+    for key, panel in panels(ok_rows(frame)):
+        wanted = [c for c in THROUGHPUT if c in panel]
+        if not wanted or not has(panel, "variant"):
+            continue
+        for variant, line in panel.groupby("variant", sort=True):
+            rows.append({**key, "variant": variant, **line[wanted].max().to_dict()})
+    return pd.DataFrame(rows)
+
+
 def _interpolate_crossing(n_lo: float, r_lo: float, n_hi: float, r_hi: float) -> float:
     """N where log(ratio) reaches 0, on the straight line through (log N, log ratio) at both points."""
     x_lo, x_hi, y_lo, y_hi = math.log(n_lo), math.log(n_hi), math.log(r_lo), math.log(r_hi)

@@ -314,14 +314,14 @@ def render_runs(runs: Sequence[Run], baseline: Sequence[Run] = (), *, title: str
 
 
 def _throughput_table(frame: pd.DataFrame) -> str:
-    ok = analysis.ok_rows(frame)
-    wanted = [c for c in ("tflops", "gbps", "tokens_per_s", "frac_matmul_ceiling", "frac_copy_ceiling") if c in ok]
-    if not wanted or not analysis.has(ok, "variant"):
+    best = analysis.best_throughput(frame)
+    if best.empty:
         return ""
-    best = ok.groupby("variant")[wanted].max().reset_index()
-    best.columns = ["variant"] + [f"max {c}" + (f", {SCHEMA[c].unit}" if SCHEMA[c].unit else "") for c in wanted]
-    return ("<p class='note'>Best over N per variant (fractions are of the ceilings measured in the run; the "
-            "copy fraction uses the minimum bytes any implementation must move).</p>" + table(best, precision=3))
+    best = best.rename(columns={c: f"max {c}" + (f", {SCHEMA[c].unit}" if SCHEMA[c].unit else "")
+                                for c in analysis.THROUGHPUT})
+    return ("<p class='note'>Best over N per panel and variant (fractions are of the ceilings measured in the "
+            "run; the copy fraction uses the minimum bytes any implementation must move).</p>"
+            + table(best, precision=3))
 
 
 def render_report(run_dirs: Iterable[str | Path], compare: Iterable[str | Path] = (), *,

@@ -290,3 +290,18 @@ def test_ceilings_as_a_run_stores_them_are_read_per_dtype(real_run):
     assert found[("tiny", "float32")]["copy_gbps"] == stored["copy_gbps"]
     text = render_runs([run])
     assert "unknown dtype" not in text and f"{rate:.4g}" in text
+
+
+def test_best_throughput_is_per_panel_not_mixed_across_passes_and_head_dims():
+    """A variant measured fwd and fwd+bwd at two D has four bests, each labelled with its panel: one max over
+    all of them would put a fwd rate beside a fwd+bwd tokens/s with nothing saying which is which."""
+    rows = [{**_row("linear@a", n, ms, d=d, pass_=p), "tokens_per_s": n / ms * 1e3}
+            for d in (64, 128) for p, ms in (("fwd", 1.0), ("fwd+bwd", 4.0)) for n in (256, 512)]
+    best = analysis.best_throughput(to_frame(rows))
+    assert len(best) == 4
+    by_panel = best.set_index(["d", "pass"])
+    assert by_panel.loc[(64, "fwd"), "tokens_per_s"] == pytest.approx(512e3)
+    assert by_panel.loc[(64, "fwd+bwd"), "tokens_per_s"] == pytest.approx(128e3)
+    text, _ = _render(rows)
+    section = text.split("<section id='throughput'>")[1].split("</section>")[0]
+    assert section.count(">fwd+bwd<") == 2 and section.count(">128<") == 2  # each row names its panel
