@@ -195,9 +195,9 @@ def _slope_note(frame: pd.DataFrame, value: str) -> str:
             "line's points by N (all of them with 3 or fewer); about 1 is linear in N, about 2 quadratic.</p>")
 
 
-def extrapolation_section(frame: pd.DataFrame) -> str:
+def extrapolation_section(frame: pd.DataFrame, styles: plots.Styles | None = None) -> str:
     rows = frame[frame["task"] == "extrapolation"] if "task" in frame else frame.iloc[0:0]
-    parts = [figure("extrapolation", plots.extrapolation_figure(frame),
+    parts = [figure("extrapolation", plots.extrapolation_figure(frame, styles),
                     "Perplexity against the evaluation length, a panel per protocol; the dashed vertical line "
                     "marks the training length.")]
     index = [c for c in ("variant", "train_len", "protocol") if c in rows]
@@ -267,17 +267,17 @@ def flops_section() -> str:
             "D head dim, C chunk length. A FLOP is a multiply or an add.</p>")
 
 
-def _speed_sections(speed: pd.DataFrame, ceilings: dict) -> dict[str, str]:
+def _speed_sections(speed: pd.DataFrame, ceilings: dict, styles: plots.Styles | None = None) -> dict[str, str]:
     """Summary, time, memory and throughput: the sections made from speed rows."""
     return {
         "summary": summary_section(speed),
-        "time": figure("time", plots.time_figure(speed),
+        "time": figure("time", plots.time_figure(speed, styles),
                        "Median time per call against N (log-log), the band from the 20th to the 80th percentile; "
                        "the legend gives each line's fitted slope.") + _slope_note(speed, "time_median_ms"),
-        "memory": figure("memory", plots.memory_figure(speed),
+        "memory": figure("memory", plots.memory_figure(speed, styles),
                          "Peak memory above the inputs against N (log-log); the legend gives each line's fitted "
                          "slope.") + _slope_note(speed, "peak_mem_bytes"),
-        "throughput": figure("throughput", plots.throughput_figure(speed, ceilings),
+        "throughput": figure("throughput", plots.throughput_figure(speed, ceilings, styles),
                              "Achieved TFLOP/s (FLOPs by the formulas below over the median time) with the "
                              "matmul ceiling measured in the same run. The ceiling is measured once, at the "
                              "start: on a shared machine a point above it means the machine was busier then.")
@@ -290,11 +290,13 @@ def render_runs(runs: Sequence[Run], baseline: Sequence[Run] = (), *, title: str
     frame = combine(runs)
     speed = frame[frame["task"].fillna("speed") == "speed"] if "task" in frame else frame
     has_extrapolation = "task" in frame and bool((frame["task"] == "extrapolation").any())
+    # One colour per variant across every figure: made from all the report's variants, not each figure's.
+    styles = plots.variant_styles(frame["variant"].dropna()) if "variant" in frame else None
     body: dict[str, str] = {"environment": environment_section(runs)}
     if not speed.empty or not has_extrapolation:  # a run of extrapolation rows only has no speed sections
-        body.update(_speed_sections(speed, run_ceilings(runs)))
+        body.update(_speed_sections(speed, run_ceilings(runs), styles))
     if has_extrapolation:
-        body["extrapolation"] = extrapolation_section(frame)
+        body["extrapolation"] = extrapolation_section(frame, styles)
     if baseline:
         label = ", ".join(f"{run.run_id} ({run.path})" for run in baseline)
         body["compare"] = compare_section(frame, combine(baseline), label)

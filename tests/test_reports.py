@@ -305,3 +305,31 @@ def test_best_throughput_is_per_panel_not_mixed_across_passes_and_head_dims():
     text, _ = _render(rows)
     section = text.split("<section id='throughput'>")[1].split("</section>")[0]
     assert section.count(">fwd+bwd<") == 2 and section.count(">128<") == 2  # each row names its panel
+
+
+def _colours(png_src: str) -> set[tuple[int, int, int]]:
+    """The exact RGB colours of a figure's pixels (its lines' centres keep their colour exactly)."""
+    import io
+
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(io.BytesIO(base64.b64decode(png_src.split(",", 1)[1])), format="png")
+    return {tuple(round(255 * c) for c in p[:3]) for p in pixels.reshape(-1, pixels.shape[-1])}
+
+
+def test_a_variant_has_one_colour_in_every_figure():
+    """softmax@b is in the speed figures beside linear@a, and alone in the extrapolation figure (a report of a
+    speed run and an extrapolation run): it is drawn in the same colour in both."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgb
+
+    speed = [_row(v, n, 0.01 * n) for v in ("linear@a", "softmax@b") for n in (256, 512)]
+    extrap = [{"key": f"e{e}", "task": "extrapolation", "variant": "softmax@b", "status": "ok",
+               "protocol": "sliding", "train_len": 256, "eval_len": e, "perplexity": 3.0 + e / 1024}
+              for e in (256, 512, 1024)]
+    _, found = _render(speed + extrap)
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    first, second = (tuple(round(255 * c) for c in to_rgb(colour)) for colour in cycle[:2])
+    assert {first, second} <= _colours(found.figures["time"][0])
+    extrapolation = _colours(found.figures["extrapolation"][0])
+    assert second in extrapolation and first not in extrapolation
