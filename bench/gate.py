@@ -453,7 +453,12 @@ def update(budgets_path: str | Path = DEFAULT_BUDGETS, run_dirs: list[str | Path
         if reasons:
             raise ValueError(f"{run_dir} cannot make budgets: {'; '.join(reasons)}. Rerun the gate, or give only "
                              "runs that finished clean")
-        measured.append(measure(frames, reference, time_stat))
+        found = measure(frames, reference, time_stat)
+        if found["ratio"].empty:  # budgets without ratios would never gate time
+            variants = sorted(set(found["memory"]["variant"]))
+            raise ValueError(f"{run_dir} cannot make budgets: the reference {reference} has no ok rows to take "
+                             f"time ratios against (the run has {variants})")
+        measured.append(found)
     specs = [run_spec(d) for d in run_dirs]
     if any(s != specs[0] for s in specs):
         raise ValueError(f"the runs {[str(d) for d in run_dirs]} were made with different presets")

@@ -259,3 +259,12 @@ def test_update_refuses_a_run_whose_configs_did_not_all_run(tmp_path):
     with pytest.raises(ValueError, match=r"linear-probe@torch-chunked.*2048.*error in round 2"):
         gate.update(path, [run])
     assert not path.exists()
+
+
+def test_update_refuses_a_run_without_the_reference(tmp_path):
+    """Without the reference variant no ratio can be made: budgets without ratios would never gate time."""
+    run = _stored_gate_run(tmp_path / "run", skip={(r, REFERENCE, n) for r in (1, 2, 3) for n in (1024, 2048, 4096)})
+    path = tmp_path / "budgets.json"
+    with pytest.raises(ValueError, match=rf"reference {REFERENCE} .*{PROBE}"):
+        gate.update(path, [run])
+    assert not path.exists()
