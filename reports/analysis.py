@@ -83,6 +83,26 @@ def series(panel: pd.DataFrame, value: str) -> dict[str, pd.DataFrame]:
     return out
 
 
+def batch_varies(frame: pd.DataFrame) -> bool:
+    """Whether the ok speed rows have more than one batch size (a preset with ``tokens_per_batch`` holds
+    batch x N constant, so the batch shrinks as N grows)."""
+    ok = ok_rows(frame)
+    return "batch" in ok and ok["batch"].nunique(dropna=True) > 1
+
+
+def per_sequence(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """``columns`` divided by the batch size when the batch varies (see ``batch_varies``), else the frame as it
+    is. With batch x N held constant a linear kernel's time per call is flat in N and a quadratic one's grows
+    as N: per sequence, their scaling in N shows again (slopes about 1 and 2)."""
+    if not batch_varies(frame):
+        return frame
+    out = frame.copy()
+    for column in columns:
+        if column in out:
+            out[column] = out[column] / out["batch"]
+    return out
+
+
 def fit_slope(n: pd.Series | np.ndarray, y: pd.Series | np.ndarray) -> tuple[float, int]:
     """Least-squares slope of log y against log N over the upper half of the points by N (the largest
     ceil(k/2) of k points, at least 2; all of them when k <= 3), where fixed per-call costs matter least.
@@ -102,9 +122,10 @@ def fit_slope(n: pd.Series | np.ndarray, y: pd.Series | np.ndarray) -> tuple[flo
 
 
 def slopes(frame: pd.DataFrame, value: str = "time_median_ms") -> pd.DataFrame:
-    """Fitted log-log slope of ``value`` against N per panel and variant (see ``fit_slope``)."""
+    """Fitted log-log slope of ``value`` (per sequence when the batch varies, see ``per_sequence``) against N
+    per panel and variant (see ``fit_slope``)."""
     rows = []
-    for key, panel in panels(ok_rows(frame)):
+    for key, panel in panels(per_sequence(ok_rows(frame), [value])):
         for variant, line in series(panel, value).items():
             slope, from_n = fit_slope(line["n"], line[value])
             rows.append({**key, "variant": variant, "points": len(line), "slope": slope,

@@ -156,14 +156,21 @@ def _scaling_figure(frame: pd.DataFrame, value: str, ylabel: str, scale: float, 
 
 
 def time_figure(frame: pd.DataFrame, styles: Styles | None = None) -> bytes | None:
-    """Median time per call against N, p20-p80 band, slope of the fit in the legend."""
-    return _scaling_figure(frame, "time_median_ms", "time per call, ms (median; band p20-p80)", 1.0,
-                           "time", ("time_p20_ms", "time_p80_ms"), styles=styles)
+    """Median time per call (per sequence when the batch varies) against N, p20-p80 band, slope of the fit in
+    the legend."""
+    columns = ["time_median_ms", "time_p20_ms", "time_p80_ms"]
+    label = ("time per sequence, ms\n(per call / batch; median, band p20-p80)" if analysis.batch_varies(frame)
+             else "time per call, ms (median; band p20-p80)")
+    return _scaling_figure(analysis.per_sequence(frame, columns), "time_median_ms", label, 1.0, "time",
+                           ("time_p20_ms", "time_p80_ms"), styles=styles)
 
 
 def memory_figure(frame: pd.DataFrame, styles: Styles | None = None) -> bytes | None:
-    """Peak memory above the inputs against N (MiB), slope of the fit in the legend."""
-    return _scaling_figure(frame, "peak_mem_bytes", "peak memory above the inputs, MiB", 2.0**-20,
+    """Peak memory above the inputs (per sequence when the batch varies) against N (MiB), slope of the fit
+    in the legend."""
+    label = ("peak memory above the inputs\nper sequence (peak / batch), MiB" if analysis.batch_varies(frame)
+             else "peak memory above the inputs, MiB")
+    return _scaling_figure(analysis.per_sequence(frame, ["peak_mem_bytes"]), "peak_mem_bytes", label, 2.0**-20,
                            "peak memory", None, styles=styles)
 
 

@@ -192,7 +192,8 @@ def _slope_note(frame: pd.DataFrame, value: str) -> str:
         return ""
     return ("<details><summary>fitted slopes</summary>" + table(found, precision=3) + "</details>"
             "<p class='note'>Slope: least squares of log value against log N over the upper half of each "
-            "line's points by N (all of them with 3 or fewer); about 1 is linear in N, about 2 quadratic.</p>")
+            "line's points by N (all of them with 3 or fewer), per sequence when the batch varies with N; about "
+            "1 is linear in N, about 2 quadratic.</p>")
 
 
 def extrapolation_section(frame: pd.DataFrame, styles: plots.Styles | None = None) -> str:
@@ -269,14 +270,19 @@ def flops_section() -> str:
 
 def _speed_sections(speed: pd.DataFrame, ceilings: dict, styles: plots.Styles | None = None) -> dict[str, str]:
     """Summary, time, memory and throughput: the sections made from speed rows."""
+    # With batch x N held constant (tokens_per_batch) the batch shrinks as N grows: time and memory per call
+    # would hide the scaling in N, so they are shown per sequence.
+    per = ("per sequence (per call / batch, which varies with N in these runs)" if analysis.batch_varies(speed)
+           else "per call")
     return {
         "summary": summary_section(speed),
         "time": figure("time", plots.time_figure(speed, styles),
-                       "Median time per call against N (log-log), the band from the 20th to the 80th percentile; "
+                       f"Median time {per} against N (log-log), the band from the 20th to the 80th percentile; "
                        "the legend gives each line's fitted slope.") + _slope_note(speed, "time_median_ms"),
         "memory": figure("memory", plots.memory_figure(speed, styles),
-                         "Peak memory above the inputs against N (log-log); the legend gives each line's fitted "
-                         "slope.") + _slope_note(speed, "peak_mem_bytes"),
+                         f"Peak memory above the inputs{'' if per == 'per call' else ' ' + per} against N "
+                         "(log-log); the legend gives each line's fitted slope.")
+        + _slope_note(speed, "peak_mem_bytes"),
         "throughput": figure("throughput", plots.throughput_figure(speed, ceilings, styles),
                              "Achieved TFLOP/s (FLOPs by the formulas below over the median time) with the "
                              "matmul ceiling measured in the same run. The ceiling is measured once, at the "

@@ -333,3 +333,27 @@ def test_a_variant_has_one_colour_in_every_figure():
     assert {first, second} <= _colours(found.figures["time"][0])
     extrapolation = _colours(found.figures["extrapolation"][0])
     assert second in extrapolation and first not in extrapolation
+
+
+def test_slopes_are_per_sequence_when_batch_x_n_is_held_constant():
+    """The full preset holds batch x N at 64k tokens (batch = 64k / N). Per call, linear attention's time and
+    memory are then flat in N and softmax's grow as N: the fitted slopes must be of the time and memory per
+    sequence (per call / batch), about 1 and 2, as the report's note on slopes says."""
+    ns = [1024, 2048, 4096, 8192]
+    rows = []
+    for variant, power in (("linear@a", 1), ("softmax@b", 2)):
+        for n in ns:
+            batch = 65536 // n
+            ms = 1e-6 * batch * n**power
+            rows.append({**_row(variant, n, ms, family=variant.split("@")[0], peak=4.0 * batch * n**power),
+                         "batch": batch})
+    frame = to_frame(rows)
+    for value in ("time_median_ms", "peak_mem_bytes"):
+        found = analysis.slopes(frame, value).set_index("variant")["slope"]
+        assert found["linear@a"] == pytest.approx(1.0) and found["softmax@b"] == pytest.approx(2.0), value
+    text, found = _render(rows)
+    for section in ("time", "memory"):
+        assert "per sequence" in text.split(f"<section id='{section}'>")[1].split("</section>")[0], section
+    assert set(found.figures) == {"time", "memory", "throughput"}
+    one_batch, _ = _render([{**r, "batch": 1} for r in rows])  # one batch size: per call, as before
+    assert "per sequence" not in one_batch
