@@ -135,18 +135,24 @@ def slopes(frame: pd.DataFrame, value: str = "time_median_ms") -> pd.DataFrame:
 
 def fastest(frame: pd.DataFrame) -> pd.DataFrame:
     """At each (panel, N): the fastest ok variant by median time, its time, and the runner-up with the
-    runner-up's time as a multiple of the fastest."""
+    runner-up's time as a multiple of the fastest; ``high variance`` names those of the two whose timing is
+    flagged ``high_variance`` (their order may be noise)."""
     rows = []
     for key, panel in panels(ok_rows(frame)):
         if not has(panel, "n", "variant", "time_median_ms"):
             continue
         timed = panel[panel["time_median_ms"].notna()]
         for n, at_n in timed.groupby("n", sort=True):
-            best = at_n.groupby("variant")["time_median_ms"].min().sort_values()
-            row = {**key, "N": int(n), "fastest": best.index[0], "time, ms": best.iloc[0]}
+            at_n = at_n.sort_values("time_median_ms")
+            best = at_n.drop_duplicates("variant")  # each variant's fastest row
+            row = {**key, "N": int(n), "fastest": best["variant"].iloc[0], "time, ms": best["time_median_ms"].iloc[0]}
             if len(best) > 1:
-                row["runner-up"] = best.index[1]
-                row["runner-up / fastest"] = best.iloc[1] / best.iloc[0]
+                row["runner-up"] = best["variant"].iloc[1]
+                row["runner-up / fastest"] = best["time_median_ms"].iloc[1] / best["time_median_ms"].iloc[0]
+            top = best.iloc[:2]
+            noisy = (top["high_variance"].astype("boolean").fillna(False).astype(bool) if "high_variance" in top
+                     else pd.Series(False, index=top.index))
+            row["high variance"] = ", ".join(top.loc[noisy, "variant"].astype(str))
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -224,15 +230,16 @@ def crossovers(frame: pd.DataFrame) -> pd.DataFrame:
 def compare(new: pd.DataFrame, old: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Match configs by ``key`` (and device name when both have it): (matched, only in one).
 
-    matched: key, variant, N, both statuses, both median times, ``time ratio`` new/old, both peaks, the
-    peak change in MiB and ``memory ratio``, and a verdict (regression, improvement or empty) for time and
+    matched: key, variant, N, both statuses, both median times, ``time ratio`` new/old, ``high variance``
+    (which side's timing is flagged so: new, baseline, both or empty), both peaks, the peak change in MiB and
+    ``memory ratio``, and a verdict (regression, improvement or empty) for time and
     memory by the bounds above, and for the status (ok -> not ok is a regression, the reverse an improvement).
     only in one: key, variant, N, status, and which run has it.
     """
     match = ["key"] + (["device_name"] if "device_name" in new and "device_name" in old else [])
     if new.empty or old.empty or "key" not in new or "key" not in old:
         return pd.DataFrame(), pd.DataFrame()
-    wanted = ["variant", "n", "status", "time_median_ms", "peak_mem_bytes"]
+    wanted = ["variant", "n", "status", "time_median_ms", "high_variance", "peak_mem_bytes"]
     left = new.drop_duplicates(match, keep="last").reindex(columns=match + wanted)
     right = old.drop_duplicates(match, keep="last").reindex(columns=match + wanted)
     both = left.merge(right, on=match, how="outer", suffixes=(" new", " old"), indicator=True)
@@ -243,6 +250,10 @@ def compare(new: pd.DataFrame, old: pd.DataFrame) -> tuple[pd.DataFrame, pd.Data
         "time old, ms": matched["time_median_ms old"], "time new, ms": matched["time_median_ms new"],
     })
     out["time ratio"] = out["time new, ms"] / out["time old, ms"]
+    # A timing whose IQR is above 10% of its median can move by the colouring bounds on noise alone.
+    noisy_new = matched["high_variance new"].astype("boolean").fillna(False).astype(bool)
+    noisy_old = matched["high_variance old"].astype("boolean").fillna(False).astype(bool)
+    out["high variance"] = np.select([noisy_new & noisy_old, noisy_new, noisy_old], ["both", "new", "baseline"], "")
     mib = 2.0**20
     out["peak old, MiB"] = matched["peak_mem_bytes old"] / mib
     out["peak new, MiB"] = matched["peak_mem_bytes new"] / mib

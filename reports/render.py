@@ -156,6 +156,9 @@ def summary_section(frame: pd.DataFrame) -> str:
     fastest = analysis.fastest(frame)
     parts.append("<h3>Fastest variant at each (N, D, pass)</h3>")
     parts.append(table(fastest) if not fastest.empty else "<p class='note'>No ok rows with a time.</p>")
+    if not fastest.empty:
+        parts.append("<p class='note'>High variance: the fastest or runner-up whose timing has an IQR above 10% "
+                     "of its median (their order may be noise).</p>")
     cross = analysis.crossovers(frame)
     parts.append("<h3>Crossover: where each linear variant overtakes the best FlashAttention backend</h3>")
     if cross.empty:
@@ -216,7 +219,8 @@ def compare_section(frame: pd.DataFrame, baseline: pd.DataFrame, baseline_label:
              f"new peak / baseline peak. Regression: time ratio above {analysis.TIME_REGRESSION:g} or memory "
              f"ratio above {analysis.MEMORY_REGRESSION:g}; improvement: below {analysis.TIME_IMPROVEMENT:g} or "
              f"{analysis.MEMORY_IMPROVEMENT:g}; a config that was ok and is not (or the reverse) is marked in its "
-             "status.</p>"]
+             "status. High variance names the side whose timing has an IQR above 10% of its median: its time "
+             "ratio can pass these bounds on noise alone.</p>"]
     if matched.empty:
         parts.append("<p class='note'>No config is in both.</p>")
     else:

@@ -357,3 +357,19 @@ def test_slopes_are_per_sequence_when_batch_x_n_is_held_constant():
     assert set(found.figures) == {"time", "memory", "throughput"}
     one_batch, _ = _render([{**r, "batch": 1} for r in rows])  # one batch size: per call, as before
     assert "Median time per call against N" in one_batch and "Median time per sequence" not in one_batch
+
+
+def test_times_flagged_high_variance_are_marked_where_the_report_compares_them():
+    """A 12% 'regression' between two timings whose IQR is above 10% of the median is within their noise:
+    the comparison and the fastest-variant table say which timings are flagged, instead of stating them as
+    firmly as clean ones."""
+    def timed(variant: str, ms: float, noisy: bool) -> dict:
+        return {**_row(variant, 1024, ms), "high_variance": noisy, "time_iqr_ms": ms * (0.3 if noisy else 0.01)}
+
+    new = to_frame([timed("linear@a", 1.12, True), timed("flash@b", 1.0, False)])
+    old = to_frame([timed("linear@a", 1.0, False), timed("flash@b", 1.0, False)])
+    matched, _ = analysis.compare(new, old)
+    flags = dict(zip(matched["variant"], matched["high variance"], strict=True))
+    assert flags == {"linear@a": "new", "flash@b": ""}
+    fastest = analysis.fastest(new).iloc[0]
+    assert fastest["fastest"] == "flash@b" and fastest["high variance"] == "linear@a"
