@@ -520,6 +520,9 @@ def main(args: argparse.Namespace) -> int:
                                time_stat=args.time_stat, log=log)
         print(text)
         return 0
+    if args.preset is not None or args.time_stat is not None:
+        raise ValueError("--preset and --time-stat choose what --update makes budgets from; without --update the "
+                         f"gate runs the preset and statistic of its budget file ({args.budgets})")
     if args.runs and len(args.runs) > 1:
         raise ValueError(f"the gate reads one run (got {len(args.runs)} --run); several runs go with --update")
     result = gate(args.budgets, args.runs[0] if args.runs else None, results_dir=args.results_dir, log=log)

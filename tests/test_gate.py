@@ -268,3 +268,15 @@ def test_update_refuses_a_run_without_the_reference(tmp_path):
     with pytest.raises(ValueError, match=rf"reference {REFERENCE} .*{PROBE}"):
         gate.update(path, [run])
     assert not path.exists()
+
+
+def test_options_that_only_go_with_update_are_refused_without_it(tmp_path):
+    """``--preset`` and ``--time-stat`` choose what --update makes budgets from; without --update the gate ran
+    the budgets' own preset and statistic and said nothing, so ``gate --preset quick`` looked like a gate of
+    the quick preset."""
+    run = _stored_gate_run(tmp_path / "run")
+    path = tmp_path / "budgets.json"
+    gate.update(path, [run])
+    assert main(["gate", "--budgets", str(path), "--run", str(run)]) == 0
+    assert main(["gate", "--budgets", str(path), "--run", str(run), "--preset", "quick"]) == 2
+    assert main(["gate", "--budgets", str(path), "--run", str(run), "--time-stat", "time_median_ms"]) == 2
