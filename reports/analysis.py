@@ -237,11 +237,16 @@ def compare(new: pd.DataFrame, old: pd.DataFrame) -> tuple[pd.DataFrame, pd.Data
     only in one: key, variant, N, status, and which run has it.
     """
     match = ["key"] + (["device_name"] if "device_name" in new and "device_name" in old else [])
-    if new.empty or old.empty or "key" not in new or "key" not in old:
-        return pd.DataFrame(), pd.DataFrame()
     wanted = ["variant", "n", "status", "time_median_ms", "high_variance", "peak_mem_bytes"]
-    left = new.drop_duplicates(match, keep="last").reindex(columns=match + wanted)
-    right = old.drop_duplicates(match, keep="last").reindex(columns=match + wanted)
+
+    def configs(frame: pd.DataFrame) -> pd.DataFrame:
+        if frame.empty or "key" not in frame:  # a run with no rows: every config of the other is in one only
+            return pd.DataFrame({c: pd.Series(dtype=object) for c in match + wanted})
+        return frame.drop_duplicates(match, keep="last").reindex(columns=match + wanted)
+
+    left, right = configs(new), configs(old)
+    if left.empty and right.empty:
+        return pd.DataFrame(), pd.DataFrame()
     both = left.merge(right, on=match, how="outer", suffixes=(" new", " old"), indicator=True)
     matched = both[both["_merge"] == "both"].copy()
     out = pd.DataFrame({

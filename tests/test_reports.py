@@ -373,3 +373,16 @@ def test_times_flagged_high_variance_are_marked_where_the_report_compares_them()
     assert flags == {"linear@a": "new", "flash@b": ""}
     fastest = analysis.fastest(new).iloc[0]
     assert fastest["fastest"] == "flash@b" and fastest["high variance"] == "linear@a"
+
+
+def test_compare_with_an_empty_side_lists_every_config_of_the_other(real_run, tmp_path):
+    """A run with no rows yet (just started, or every config skipped) against a baseline: every baseline config
+    is in the baseline only, not 'none'."""
+    base = load_run(real_run).frame
+    empty = RunStore(tmp_path, "empty")
+    empty.rows_path.touch()
+    matched, only = analysis.compare(load_run(empty.path).frame, base)
+    assert matched.empty
+    assert sorted(only["key"]) == sorted(base["key"]) and set(only["only in"]) == {"baseline"}
+    matched, only = analysis.compare(base, load_run(empty.path).frame)
+    assert sorted(only["key"]) == sorted(base["key"]) and set(only["only in"]) == {"new runs"}
