@@ -256,8 +256,8 @@ def compare(new: pd.DataFrame, old: pd.DataFrame) -> tuple[pd.DataFrame, pd.Data
     })
     out["time ratio"] = out["time new, ms"] / out["time old, ms"]
     # A timing whose IQR is above 10% of its median can move by the colouring bounds on noise alone.
-    noisy_new = matched["high_variance new"].astype("boolean").fillna(False).astype(bool)
-    noisy_old = matched["high_variance old"].astype("boolean").fillna(False).astype(bool)
+    noisy_new = matched["high_variance new"].astype("boolean").fillna(False).astype(bool) & out["time new, ms"].notna()
+    noisy_old = matched["high_variance old"].astype("boolean").fillna(False).astype(bool) & out["time old, ms"].notna()
     out["high variance"] = np.select([noisy_new & noisy_old, noisy_new, noisy_old], ["both", "new", "baseline"], "")
     mib = 2.0**20
     out["peak old, MiB"] = matched["peak_mem_bytes old"] / mib
