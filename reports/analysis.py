@@ -230,14 +230,15 @@ def crossovers(frame: pd.DataFrame) -> pd.DataFrame:
 def compare(new: pd.DataFrame, old: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Match configs by ``key`` (and device name when both have it): (matched, only in one).
 
-    matched: key, variant, N, both statuses, both median times, ``time ratio`` new/old, ``high variance``
+    matched: key, variant, N, both statuses, both median times, ``time ratio`` new/old (none between two
+    different timers, then named in ``timers``), ``high variance``
     (which side's timing is flagged so: new, baseline, both or empty), both peaks, the peak change in MiB and
     ``memory ratio``, and a verdict (regression, improvement or empty) for time and
     memory by the bounds above, and for the status (ok -> not ok is a regression, the reverse an improvement).
     only in one: key, variant, N, status, and which run has it.
     """
     match = ["key"] + (["device_name"] if "device_name" in new and "device_name" in old else [])
-    wanted = ["variant", "n", "status", "time_median_ms", "high_variance", "peak_mem_bytes"]
+    wanted = ["variant", "n", "status", "time_median_ms", "timer", "high_variance", "peak_mem_bytes"]
 
     def configs(frame: pd.DataFrame) -> pd.DataFrame:
         if frame.empty or "key" not in frame:  # a run with no rows: every config of the other is in one only
@@ -254,7 +255,13 @@ def compare(new: pd.DataFrame, old: pd.DataFrame) -> tuple[pd.DataFrame, pd.Data
         "status old": matched["status old"], "status new": matched["status new"],
         "time old, ms": matched["time_median_ms old"], "time new, ms": matched["time_median_ms new"],
     })
-    out["time ratio"] = out["time new, ms"] / out["time old, ms"]
+    # Times from different clocks are not comparable (a gate round's CPU time counts every thread; do_bench
+    # flushes L2 where a CUDA-event clock does not): no ratio for them, and the table names both clocks.
+    timer_old, timer_new = matched["timer old"].astype(object), matched["timer new"].astype(object)
+    clocks_differ = (timer_old.notna() & timer_new.notna() & (timer_old != timer_new)).astype(bool)
+    out["time ratio"] = (out["time new, ms"] / out["time old, ms"]).where(~clocks_differ)
+    if clocks_differ.any():
+        out["timers"] = (timer_old + " -> " + timer_new).where(clocks_differ, "")
     # A timing whose IQR is above 10% of its median can move by the colouring bounds on noise alone.
     noisy_new = matched["high_variance new"].astype("boolean").fillna(False).astype(bool) & out["time new, ms"].notna()
     noisy_old = matched["high_variance old"].astype("boolean").fillna(False).astype(bool) & out["time old, ms"].notna()

@@ -220,7 +220,8 @@ def compare_section(frame: pd.DataFrame, baseline: pd.DataFrame, baseline_label:
              f"ratio above {analysis.MEMORY_REGRESSION:g}; improvement: below {analysis.TIME_IMPROVEMENT:g} or "
              f"{analysis.MEMORY_IMPROVEMENT:g}; a config that was ok and is not (or the reverse) is marked in its "
              "status. High variance names the side whose timing has an IQR above 10% of its median: its time "
-             "ratio can pass these bounds on noise alone.</p>"]
+             "ratio can pass these bounds on noise alone. Times taken by different timers get no ratio (the "
+             "timers column names both).</p>"]
     if matched.empty:
         parts.append("<p class='note'>No config is in both.</p>")
     else:

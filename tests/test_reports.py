@@ -386,3 +386,18 @@ def test_compare_with_an_empty_side_lists_every_config_of_the_other(real_run, tm
     assert sorted(only["key"]) == sorted(base["key"]) and set(only["only in"]) == {"baseline"}
     matched, only = analysis.compare(base, load_run(empty.path).frame)
     assert sorted(only["key"]) == sorted(base["key"]) and set(only["only in"]) == {"new runs"}
+
+
+def test_compare_takes_no_time_ratio_between_different_timers():
+    """Times from different clocks (wall time vs a gate round's CPU time, which counts every thread; do_bench vs
+    a CUDA-event clock) are not comparable: no ratio and no verdict, and the table says why."""
+    def timed(timer: str, ms: float) -> dict:
+        return {**_row("linear@a", 1024, ms), "timer": timer}
+
+    matched, _ = analysis.compare(to_frame([timed("process_time", 2.0)]), to_frame([timed("perf_counter", 1.0)]))
+    row = matched.iloc[0]
+    assert pd.isna(row["time ratio"]) and row["time verdict"] == ""
+    assert row["timers"] == "perf_counter -> process_time"
+    same, _ = analysis.compare(to_frame([timed("perf_counter", 2.0)]), to_frame([timed("perf_counter", 1.0)]))
+    assert same.iloc[0]["time ratio"] == pytest.approx(2.0) and same.iloc[0]["time verdict"] == "regression"
+    assert "timers" not in same
