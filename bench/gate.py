@@ -447,9 +447,9 @@ def update(budgets_path: str | Path = DEFAULT_BUDGETS, run_dirs: list[str | Path
         problems = status_problems(frames)
         reasons = [f"{len(frames)} rounds where the budgets take {rounds}"] if len(frames) != rounds else []
         if not problems.empty:
-            found = "; ".join(f"{p['variant']} N={p['n']}: {p['status']} in round {p['round']}"
-                              for p in problems.head(10).to_dict("records"))
-            reasons.append(f"{len(problems)} rows not ok ({found})")
+            listed = "; ".join(f"{p['variant']} N={p['n']}: {p['status']} in round {p['round']}"
+                               for p in problems.head(10).to_dict("records"))
+            reasons.append(f"{len(problems)} rows not ok ({listed})")
         if reasons:
             raise ValueError(f"{run_dir} cannot make budgets: {'; '.join(reasons)}. Rerun the gate, or give only "
                              "runs that finished clean")
