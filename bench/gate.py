@@ -205,14 +205,21 @@ def quantities(best: pd.DataFrame, reference: str) -> dict[str, pd.DataFrame]:
 
 
 def status_problems(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    """Rows of any round whose status is not ok: (round, config columns, status, reason)."""
+    """Configs that were not measured ok in every round: (round, config columns, status, reason). A row whose
+    status is not ok keeps its status and reason; a config that some round stored no row for (a round killed
+    or still running) has status ``no row``."""
     parts = []
-    for r, frame in enumerate(frames, 1):
-        if frame.empty:
-            continue
-        bad = frame[frame["status"] != "ok"]
+    stored = [frame[list(CONFIG)].astype({"causal": bool, "d": int, "n": int}) if not frame.empty else None
+              for frame in frames]
+    every = set().union(*(set(s.itertuples(index=False, name=None)) for s in stored if s is not None))
+    for r, (frame, configs) in enumerate(zip(frames, stored, strict=True), 1):
+        bad = frame[frame["status"] != "ok"] if not frame.empty else frame
         if not bad.empty:
             parts.append(bad[[*CONFIG, "status", "reason"]].assign(round=r))
+        absent = every - (set(configs.itertuples(index=False, name=None)) if configs is not None else set())
+        if absent:
+            parts.append(pd.DataFrame(sorted(absent, key=str), columns=list(CONFIG)).assign(
+                status="no row", reason="", round=r))
     if not parts:
         return pd.DataFrame(columns=[*CONFIG, "status", "reason", "round"])
     return pd.concat(parts, ignore_index=True)
@@ -307,21 +314,27 @@ def _describe(keys: dict) -> dict:
 
 
 def compare(budgets: dict, measured: dict[str, pd.DataFrame], problems: pd.DataFrame,
-            spec: dict | None = None) -> pd.DataFrame:
+            spec: dict | None = None, rounds: int | None = None) -> pd.DataFrame:
     """One row per gated quantity: check, variant, pass, d, n, budget, measured, change, allowed, ok.
 
     ``change`` is measured/budget for ratios and memory, measured - budget for slopes; ``allowed`` the band
-    it had to stay inside. A budget without a measurement, or a measurement without a budget, fails.
+    it had to stay inside. A budget without a measurement, or a measurement without a budget, fails; so does
+    a run of another number of ``rounds`` than the budgets were made with (best of fewer rounds reads slower).
     """
     tol = Tolerances(**budgets["tolerances"])
     rows: list[dict] = []
+    if rounds is not None and rounds != int(budgets["rounds"]):
+        rows.append({"check": "rounds", "variant": "", "budget": f"{int(budgets['rounds'])} rounds",
+                     "measured": f"{rounds} rounds", "change": "", "allowed": "the same", "ok": False})
     if spec is not None and budgets.get("spec") is not None and spec != budgets["spec"]:
         changed = sorted(k for k in set(spec) | set(budgets["spec"]) if spec.get(k) != budgets["spec"].get(k))
         rows.append({"check": "preset", "variant": "", "budget": "as budgeted", "measured": f"changed: {changed}",
                      "change": "", "allowed": "no change", "ok": False})
     for problem in problems.to_dict("records"):
+        reason = problem["reason"] if isinstance(problem["reason"], str) else ""
         rows.append({"check": "status", **_describe(problem), "budget": "ok",
-                     "measured": f"{problem['status']} in round {problem['round']}: {problem['reason'] or ''}"[:160],
+                     "measured": (f"{problem['status']} in round {problem['round']}"
+                                  + (f": {reason}" if reason else ""))[:160],
                      "change": "", "allowed": "ok", "ok": False})
     for name in ("ratio", "slope", "memory"):
         keys = list(SERIES if name == "slope" else CONFIG)
@@ -403,7 +416,7 @@ def gate(budgets_path: str | Path = DEFAULT_BUDGETS, run_dir: str | Path | None 
                              results_dir=results_dir, log=log)
     frames = read_rounds(run_dir)
     measured = measure(frames, budgets["reference"], budgets["time_stat"])
-    table = compare(budgets, measured, status_problems(frames), run_spec(run_dir))
+    table = compare(budgets, measured, status_problems(frames), run_spec(run_dir), len(frames))
     passed = bool(table["ok"].astype(bool).all())
     return GateResult(passed, report(table, budgets_path, run_dir), table, Path(run_dir))
 
@@ -427,7 +440,25 @@ def update(budgets_path: str | Path = DEFAULT_BUDGETS, run_dirs: list[str | Path
     tolerances = tolerances or Tolerances(**old.get("tolerances", {}))
     if not run_dirs:
         run_dirs = [run_rounds(preset, rounds=rounds, threads=threads, results_dir=results_dir, log=log)]
-    measured = [measure(read_rounds(d), reference, time_stat) for d in run_dirs]
+    measured = []
+    for run_dir in run_dirs:
+        frames = read_rounds(run_dir)
+        # Budgets from a run whose configs did not all come back ok would silently lack those configs.
+        problems = status_problems(frames)
+        reasons = [f"{len(frames)} rounds where the budgets take {rounds}"] if len(frames) != rounds else []
+        if not problems.empty:
+            listed = "; ".join(f"{p['variant']} N={p['n']}: {p['status']} in round {p['round']}"
+                               for p in problems.head(10).to_dict("records"))
+            reasons.append(f"{len(problems)} rows not ok ({listed})")
+        if reasons:
+            raise ValueError(f"{run_dir} cannot make budgets: {'; '.join(reasons)}. Rerun the gate, or give only "
+                             "runs that finished clean")
+        found = measure(frames, reference, time_stat)
+        if found["ratio"].empty:  # budgets without ratios would never gate time
+            variants = sorted(set(found["memory"]["variant"]))
+            raise ValueError(f"{run_dir} cannot make budgets: the reference {reference} has no ok rows to take "
+                             f"time ratios against (the run has {variants})")
+        measured.append(found)
     specs = [run_spec(d) for d in run_dirs]
     if any(s != specs[0] for s in specs):
         raise ValueError(f"the runs {[str(d) for d in run_dirs]} were made with different presets")
@@ -489,6 +520,9 @@ def main(args: argparse.Namespace) -> int:
                                time_stat=args.time_stat, log=log)
         print(text)
         return 0
+    if args.preset is not None or args.time_stat is not None:
+        raise ValueError("--preset and --time-stat choose what --update makes budgets from; without --update the "
+                         f"gate runs the preset and statistic of its budget file ({args.budgets})")
     if args.runs and len(args.runs) > 1:
         raise ValueError(f"the gate reads one run (got {len(args.runs)} --run); several runs go with --update")
     result = gate(args.budgets, args.runs[0] if args.runs else None, results_dir=args.results_dir, log=log)

@@ -83,6 +83,26 @@ def series(panel: pd.DataFrame, value: str) -> dict[str, pd.DataFrame]:
     return out
 
 
+def batch_varies(frame: pd.DataFrame) -> bool:
+    """Whether the ok speed rows have more than one batch size (a preset with ``tokens_per_batch`` holds
+    batch x N constant, so the batch shrinks as N grows)."""
+    ok = ok_rows(frame)
+    return "batch" in ok and ok["batch"].nunique(dropna=True) > 1
+
+
+def per_sequence(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """``columns`` divided by the batch size when the batch varies (see ``batch_varies``), else the frame as it
+    is. With batch x N held constant a linear kernel's time per call is flat in N and a quadratic one's grows
+    as N: per sequence, their scaling in N shows again (slopes about 1 and 2)."""
+    if not batch_varies(frame):
+        return frame
+    out = frame.copy()
+    for column in columns:
+        if column in out:
+            out[column] = out[column] / out["batch"]
+    return out
+
+
 def fit_slope(n: pd.Series | np.ndarray, y: pd.Series | np.ndarray) -> tuple[float, int]:
     """Least-squares slope of log y against log N over the upper half of the points by N (the largest
     ceil(k/2) of k points, at least 2; all of them when k <= 3), where fixed per-call costs matter least.
@@ -102,9 +122,10 @@ def fit_slope(n: pd.Series | np.ndarray, y: pd.Series | np.ndarray) -> tuple[flo
 
 
 def slopes(frame: pd.DataFrame, value: str = "time_median_ms") -> pd.DataFrame:
-    """Fitted log-log slope of ``value`` against N per panel and variant (see ``fit_slope``)."""
+    """Fitted log-log slope of ``value`` (per sequence when the batch varies, see ``per_sequence``) against N
+    per panel and variant (see ``fit_slope``)."""
     rows = []
-    for key, panel in panels(ok_rows(frame)):
+    for key, panel in panels(per_sequence(ok_rows(frame), [value])):
         for variant, line in series(panel, value).items():
             slope, from_n = fit_slope(line["n"], line[value])
             rows.append({**key, "variant": variant, "points": len(line), "slope": slope,
@@ -114,19 +135,40 @@ def slopes(frame: pd.DataFrame, value: str = "time_median_ms") -> pd.DataFrame:
 
 def fastest(frame: pd.DataFrame) -> pd.DataFrame:
     """At each (panel, N): the fastest ok variant by median time, its time, and the runner-up with the
-    runner-up's time as a multiple of the fastest."""
+    runner-up's time as a multiple of the fastest; ``high variance`` names those of the two whose timing is
+    flagged ``high_variance`` (their order may be noise)."""
     rows = []
     for key, panel in panels(ok_rows(frame)):
         if not has(panel, "n", "variant", "time_median_ms"):
             continue
         timed = panel[panel["time_median_ms"].notna()]
         for n, at_n in timed.groupby("n", sort=True):
-            best = at_n.groupby("variant")["time_median_ms"].min().sort_values()
-            row = {**key, "N": int(n), "fastest": best.index[0], "time, ms": best.iloc[0]}
+            at_n = at_n.sort_values("time_median_ms")
+            best = at_n.drop_duplicates("variant")  # each variant's fastest row
+            row = {**key, "N": int(n), "fastest": best["variant"].iloc[0], "time, ms": best["time_median_ms"].iloc[0]}
             if len(best) > 1:
-                row["runner-up"] = best.index[1]
-                row["runner-up / fastest"] = best.iloc[1] / best.iloc[0]
+                row["runner-up"] = best["variant"].iloc[1]
+                row["runner-up / fastest"] = best["time_median_ms"].iloc[1] / best["time_median_ms"].iloc[0]
+            top = best.iloc[:2]
+            noisy = (top["high_variance"].astype("boolean").fillna(False).astype(bool) if "high_variance" in top
+                     else pd.Series(False, index=top.index))
+            row["high variance"] = ", ".join(top.loc[noisy, "variant"].astype(str))
             rows.append(row)
+    return pd.DataFrame(rows)
+
+
+THROUGHPUT = ("tflops", "gbps", "tokens_per_s", "frac_matmul_ceiling", "frac_copy_ceiling")
+
+
+def best_throughput(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per panel and variant, the largest of each THROUGHPUT column over N (each column's own best row)."""
+    rows = []
+    for key, panel in panels(ok_rows(frame)):
+        wanted = [c for c in THROUGHPUT if c in panel]
+        if not wanted or not has(panel, "variant"):
+            continue
+        for variant, line in panel.groupby("variant", sort=True):
+            rows.append({**key, "variant": variant, **line[wanted].max().to_dict()})
     return pd.DataFrame(rows)
 
 
@@ -188,17 +230,24 @@ def crossovers(frame: pd.DataFrame) -> pd.DataFrame:
 def compare(new: pd.DataFrame, old: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Match configs by ``key`` (and device name when both have it): (matched, only in one).
 
-    matched: key, variant, N, both statuses, both median times, ``time ratio`` new/old, both peaks, the
-    peak change in MiB and ``memory ratio``, and a verdict (regression, improvement or empty) for time and
+    matched: key, variant, N, both statuses, both median times, ``time ratio`` new/old (none between two
+    different timers, then named in ``timers``), ``high variance``
+    (which side's timing is flagged so: new, baseline, both or empty), both peaks, the peak change in MiB and
+    ``memory ratio``, and a verdict (regression, improvement or empty) for time and
     memory by the bounds above, and for the status (ok -> not ok is a regression, the reverse an improvement).
     only in one: key, variant, N, status, and which run has it.
     """
     match = ["key"] + (["device_name"] if "device_name" in new and "device_name" in old else [])
-    if new.empty or old.empty or "key" not in new or "key" not in old:
+    wanted = ["variant", "n", "status", "time_median_ms", "timer", "high_variance", "peak_mem_bytes"]
+
+    def configs(frame: pd.DataFrame) -> pd.DataFrame:
+        if frame.empty or "key" not in frame:  # a run with no rows: every config of the other is in one only
+            return pd.DataFrame({c: pd.Series(dtype=object) for c in match + wanted})
+        return frame.drop_duplicates(match, keep="last").reindex(columns=match + wanted)
+
+    left, right = configs(new), configs(old)
+    if left.empty and right.empty:
         return pd.DataFrame(), pd.DataFrame()
-    wanted = ["variant", "n", "status", "time_median_ms", "peak_mem_bytes"]
-    left = new.drop_duplicates(match, keep="last").reindex(columns=match + wanted)
-    right = old.drop_duplicates(match, keep="last").reindex(columns=match + wanted)
     both = left.merge(right, on=match, how="outer", suffixes=(" new", " old"), indicator=True)
     matched = both[both["_merge"] == "both"].copy()
     out = pd.DataFrame({
@@ -206,7 +255,17 @@ def compare(new: pd.DataFrame, old: pd.DataFrame) -> tuple[pd.DataFrame, pd.Data
         "status old": matched["status old"], "status new": matched["status new"],
         "time old, ms": matched["time_median_ms old"], "time new, ms": matched["time_median_ms new"],
     })
-    out["time ratio"] = out["time new, ms"] / out["time old, ms"]
+    # Times from different clocks are not comparable (a gate round's CPU time counts every thread; do_bench
+    # flushes L2 where a CUDA-event clock does not): no ratio for them, and the table names both clocks.
+    timer_old, timer_new = matched["timer old"].astype(object), matched["timer new"].astype(object)
+    clocks_differ = (timer_old.notna() & timer_new.notna() & (timer_old != timer_new)).astype(bool)
+    out["time ratio"] = (out["time new, ms"] / out["time old, ms"]).where(~clocks_differ)
+    if clocks_differ.any():
+        out["timers"] = (timer_old + " -> " + timer_new).where(clocks_differ, "")
+    # A timing whose IQR is above 10% of its median can move by the colouring bounds on noise alone.
+    noisy_new = matched["high_variance new"].astype("boolean").fillna(False).astype(bool) & out["time new, ms"].notna()
+    noisy_old = matched["high_variance old"].astype("boolean").fillna(False).astype(bool) & out["time old, ms"].notna()
+    out["high variance"] = np.select([noisy_new & noisy_old, noisy_new, noisy_old], ["both", "new", "baseline"], "")
     mib = 2.0**20
     out["peak old, MiB"] = matched["peak_mem_bytes old"] / mib
     out["peak new, MiB"] = matched["peak_mem_bytes new"] / mib

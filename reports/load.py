@@ -43,10 +43,17 @@ def combine(runs: Iterable[Run]) -> pd.DataFrame:
 
 
 def ceilings_by_dtype(ceilings: Mapping | None) -> dict[str, dict]:
-    """Ceilings keyed by dtype, from either form a run stores: one flat dict for the run's first dtype
+    """Ceilings keyed by dtype, each with the matmul rate and the run-wide values (copy GB/s, device).
+
+    Read from the form ``bench.measure.ceilings.measure_ceilings`` stores (``{"matmul": {dtype: {...}},
+    "copy_gbps": ..., ...}``) and from two older ones: one flat dict for the run's first dtype
     (``{"dtype": "float32", "matmul_tflops": ..., ...}``) or ``{dtype: {...}, ...}``. Non-dict input -> {}."""
     if not isinstance(ceilings, Mapping) or not ceilings:
         return {}
+    per_dtype = ceilings.get("matmul")
+    if isinstance(per_dtype, Mapping) and per_dtype:
+        shared = {k: v for k, v in ceilings.items() if k != "matmul"}
+        return {str(dtype): {**shared, **values} for dtype, values in per_dtype.items() if isinstance(values, Mapping)}
     nested = {str(k): dict(v) for k, v in ceilings.items() if isinstance(v, Mapping)}
     if nested and all(isinstance(v, Mapping) for v in ceilings.values()):
         return nested

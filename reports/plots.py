@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import matplotlib
 
@@ -85,11 +85,17 @@ def _log_y(ax: plt.Axes) -> None:
     ax.yaxis.set_minor_formatter(FuncFormatter(format_value) if narrow else NullFormatter())
 
 
-def _styles(variants: list[str]) -> dict[str, dict]:
-    """A fixed colour and line style per variant across every figure of the report."""
+Styles = dict[str, dict]
+"""Variant name -> matplotlib line keywords (colour, line style)."""
+
+
+def variant_styles(variants: Iterable[str]) -> Styles:
+    """A colour and line style per variant. The report makes them once from every variant in its frame and
+    gives them to each figure, so that a variant has one colour in every figure."""
+    variants = sorted({str(v) for v in variants})
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     return {v: {"color": colors[i % len(colors)], "linestyle": STYLE_CYCLE[(i // len(colors)) % len(STYLE_CYCLE)]}
-            for i, v in enumerate(sorted(variants))}
+            for i, v in enumerate(variants)}
 
 
 def to_png(fig: plt.Figure) -> bytes:
@@ -110,10 +116,11 @@ def _legend(ax: plt.Axes, count: int) -> None:
 def _scaling_figure(frame: pd.DataFrame, value: str, ylabel: str, scale: float, title: str,
                     band: tuple[str, str] | None, fit: bool = True,
                     extra: Callable[[plt.Axes, dict, pd.DataFrame], None] | None = None,
-                    extra_entries: int = 0) -> bytes | None:
+                    extra_entries: int = 0, styles: Styles | None = None) -> bytes | None:
     """Log-log ``value`` x ``scale`` against N, one panel per (D, pass), a line per variant with its fitted
     slope in the legend (unless not ``fit``), an optional p20-p80 ``band``, then ``extra`` draws what else
-    the panel needs (up to ``extra_entries`` more legend entries); None when no ok row has ``value``."""
+    the panel needs (up to ``extra_entries`` more legend entries); ``styles`` (default: from the frame's
+    variants) colours the lines. None when no ok row has ``value``."""
     ok = analysis.ok_rows(frame)
     if not analysis.has(ok, "n", "variant", value):
         return None
@@ -121,7 +128,7 @@ def _scaling_figure(frame: pd.DataFrame, value: str, ylabel: str, scale: float, 
     groups = [(key, panel) for key, panel in analysis.panels(ok) if analysis.series(panel, value)]
     if not groups:
         return None
-    styles = _styles(list(ok["variant"].dropna().astype(str).unique()))
+    styles = styles or variant_styles(ok["variant"].dropna())
     with plt.rc_context(RC):
         entries = max(panel["variant"].nunique() for _, panel in groups) + extra_entries
         fig, axes = _grid(len(groups), entries)
@@ -148,19 +155,27 @@ def _scaling_figure(frame: pd.DataFrame, value: str, ylabel: str, scale: float, 
         return to_png(fig)
 
 
-def time_figure(frame: pd.DataFrame) -> bytes | None:
-    """Median time per call against N, p20-p80 band, slope of the fit in the legend."""
-    return _scaling_figure(frame, "time_median_ms", "time per call, ms (median; band p20-p80)", 1.0,
-                           "time", ("time_p20_ms", "time_p80_ms"))
+def time_figure(frame: pd.DataFrame, styles: Styles | None = None) -> bytes | None:
+    """Median time per call (per sequence when the batch varies) against N, p20-p80 band, slope of the fit in
+    the legend."""
+    columns = ["time_median_ms", "time_p20_ms", "time_p80_ms"]
+    label = ("time per sequence, ms\n(per call / batch; median, band p20-p80)" if analysis.batch_varies(frame)
+             else "time per call, ms (median; band p20-p80)")
+    return _scaling_figure(analysis.per_sequence(frame, columns), "time_median_ms", label, 1.0, "time",
+                           ("time_p20_ms", "time_p80_ms"), styles=styles)
 
 
-def memory_figure(frame: pd.DataFrame) -> bytes | None:
-    """Peak memory above the inputs against N (MiB), slope of the fit in the legend."""
-    return _scaling_figure(frame, "peak_mem_bytes", "peak memory above the inputs, MiB", 2.0**-20,
-                           "peak memory", None)
+def memory_figure(frame: pd.DataFrame, styles: Styles | None = None) -> bytes | None:
+    """Peak memory above the inputs (per sequence when the batch varies) against N (MiB), slope of the fit
+    in the legend."""
+    label = ("peak memory above the inputs\nper sequence (peak / batch), MiB" if analysis.batch_varies(frame)
+             else "peak memory above the inputs, MiB")
+    return _scaling_figure(analysis.per_sequence(frame, ["peak_mem_bytes"]), "peak_mem_bytes", label, 2.0**-20,
+                           "peak memory", None, styles=styles)
 
 
-def throughput_figure(frame: pd.DataFrame, ceilings: dict[tuple[str, str], dict]) -> bytes | None:
+def throughput_figure(frame: pd.DataFrame, ceilings: dict[tuple[str, str], dict],
+                      styles: Styles | None = None) -> bytes | None:
     """Achieved TFLOP/s against N with the measured matmul ceiling of the panel's dtype drawn across."""
     def ceiling_lines(ax: plt.Axes, key: dict, panel: pd.DataFrame) -> None:
         dtypes = set(panel["dtype"].dropna().astype(str)) if "dtype" in panel else set()
@@ -177,10 +192,10 @@ def throughput_figure(frame: pd.DataFrame, ceilings: dict[tuple[str, str], dict]
 
     return _scaling_figure(frame, "tflops", "achieved TFLOP/s (formula FLOPs / median time)", 1.0,
                            "throughput", None, fit=False, extra=ceiling_lines,
-                           extra_entries=len(ceilings))
+                           extra_entries=len(ceilings), styles=styles)
 
 
-def extrapolation_figure(frame: pd.DataFrame) -> bytes | None:
+def extrapolation_figure(frame: pd.DataFrame, styles: Styles | None = None) -> bytes | None:
     """Perplexity against eval length, one panel per protocol, a line per (variant, train length), the
     training length marked with a vertical line; None without extrapolation rows that have perplexity."""
     ok = analysis.ok_rows(frame, "extrapolation")
@@ -188,7 +203,7 @@ def extrapolation_figure(frame: pd.DataFrame) -> bytes | None:
         return None
     ok = ok[ok["variant"].notna() & ok["eval_len"].notna() & ok["perplexity"].notna() & (ok["perplexity"] > 0)]
     protocols = sorted(ok["protocol"].fillna("(no protocol)").astype(str).unique()) if "protocol" in ok else [""]
-    styles = _styles(list(ok["variant"].dropna().astype(str).unique()))
+    styles = styles or variant_styles(ok["variant"].dropna())
     with plt.rc_context(RC):
         lines = ok.groupby(["variant"] + (["train_len"] if "train_len" in ok else []), dropna=False).ngroups
         fig, axes = _grid(len(protocols), lines)

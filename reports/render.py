@@ -156,6 +156,9 @@ def summary_section(frame: pd.DataFrame) -> str:
     fastest = analysis.fastest(frame)
     parts.append("<h3>Fastest variant at each (N, D, pass)</h3>")
     parts.append(table(fastest) if not fastest.empty else "<p class='note'>No ok rows with a time.</p>")
+    if not fastest.empty:
+        parts.append("<p class='note'>High variance: the fastest or runner-up whose timing has an IQR above 10% "
+                     "of its median (their order may be noise).</p>")
     cross = analysis.crossovers(frame)
     parts.append("<h3>Crossover: where each linear variant overtakes the best FlashAttention backend</h3>")
     if cross.empty:
@@ -192,12 +195,13 @@ def _slope_note(frame: pd.DataFrame, value: str) -> str:
         return ""
     return ("<details><summary>fitted slopes</summary>" + table(found, precision=3) + "</details>"
             "<p class='note'>Slope: least squares of log value against log N over the upper half of each "
-            "line's points by N (all of them with 3 or fewer); about 1 is linear in N, about 2 quadratic.</p>")
+            "line's points by N (all of them with 3 or fewer), per sequence when the batch varies with N; about "
+            "1 is linear in N, about 2 quadratic.</p>")
 
 
-def extrapolation_section(frame: pd.DataFrame) -> str:
+def extrapolation_section(frame: pd.DataFrame, styles: plots.Styles | None = None) -> str:
     rows = frame[frame["task"] == "extrapolation"] if "task" in frame else frame.iloc[0:0]
-    parts = [figure("extrapolation", plots.extrapolation_figure(frame),
+    parts = [figure("extrapolation", plots.extrapolation_figure(frame, styles),
                     "Perplexity against the evaluation length, a panel per protocol; the dashed vertical line "
                     "marks the training length.")]
     index = [c for c in ("variant", "train_len", "protocol") if c in rows]
@@ -215,7 +219,9 @@ def compare_section(frame: pd.DataFrame, baseline: pd.DataFrame, baseline_label:
              f"new peak / baseline peak. Regression: time ratio above {analysis.TIME_REGRESSION:g} or memory "
              f"ratio above {analysis.MEMORY_REGRESSION:g}; improvement: below {analysis.TIME_IMPROVEMENT:g} or "
              f"{analysis.MEMORY_IMPROVEMENT:g}; a config that was ok and is not (or the reverse) is marked in its "
-             "status.</p>"]
+             "status. High variance names the side whose timing has an IQR above 10% of its median: its time "
+             "ratio can pass these bounds on noise alone. Times taken by different timers get no ratio (the "
+             "timers column names both).</p>"]
     if matched.empty:
         parts.append("<p class='note'>No config is in both.</p>")
     else:
@@ -267,17 +273,22 @@ def flops_section() -> str:
             "D head dim, C chunk length. A FLOP is a multiply or an add.</p>")
 
 
-def _speed_sections(speed: pd.DataFrame, ceilings: dict) -> dict[str, str]:
+def _speed_sections(speed: pd.DataFrame, ceilings: dict, styles: plots.Styles | None = None) -> dict[str, str]:
     """Summary, time, memory and throughput: the sections made from speed rows."""
+    # With batch x N held constant (tokens_per_batch) the batch shrinks as N grows: time and memory per call
+    # would hide the scaling in N, so they are shown per sequence.
+    per = ("per sequence (per call / batch, which varies with N in these runs)" if analysis.batch_varies(speed)
+           else "per call")
     return {
         "summary": summary_section(speed),
-        "time": figure("time", plots.time_figure(speed),
-                       "Median time per call against N (log-log), the band from the 20th to the 80th percentile; "
+        "time": figure("time", plots.time_figure(speed, styles),
+                       f"Median time {per} against N (log-log), the band from the 20th to the 80th percentile; "
                        "the legend gives each line's fitted slope.") + _slope_note(speed, "time_median_ms"),
-        "memory": figure("memory", plots.memory_figure(speed),
-                         "Peak memory above the inputs against N (log-log); the legend gives each line's fitted "
-                         "slope.") + _slope_note(speed, "peak_mem_bytes"),
-        "throughput": figure("throughput", plots.throughput_figure(speed, ceilings),
+        "memory": figure("memory", plots.memory_figure(speed, styles),
+                         f"Peak memory above the inputs{'' if per == 'per call' else ' ' + per} against N "
+                         "(log-log); the legend gives each line's fitted slope.")
+        + _slope_note(speed, "peak_mem_bytes"),
+        "throughput": figure("throughput", plots.throughput_figure(speed, ceilings, styles),
                              "Achieved TFLOP/s (FLOPs by the formulas below over the median time) with the "
                              "matmul ceiling measured in the same run. The ceiling is measured once, at the "
                              "start: on a shared machine a point above it means the machine was busier then.")
@@ -290,11 +301,13 @@ def render_runs(runs: Sequence[Run], baseline: Sequence[Run] = (), *, title: str
     frame = combine(runs)
     speed = frame[frame["task"].fillna("speed") == "speed"] if "task" in frame else frame
     has_extrapolation = "task" in frame and bool((frame["task"] == "extrapolation").any())
+    # One colour per variant across every figure: made from all the report's variants, not each figure's.
+    styles = plots.variant_styles(frame["variant"].dropna()) if "variant" in frame else None
     body: dict[str, str] = {"environment": environment_section(runs)}
     if not speed.empty or not has_extrapolation:  # a run of extrapolation rows only has no speed sections
-        body.update(_speed_sections(speed, run_ceilings(runs)))
+        body.update(_speed_sections(speed, run_ceilings(runs), styles))
     if has_extrapolation:
-        body["extrapolation"] = extrapolation_section(frame)
+        body["extrapolation"] = extrapolation_section(frame, styles)
     if baseline:
         label = ", ".join(f"{run.run_id} ({run.path})" for run in baseline)
         body["compare"] = compare_section(frame, combine(baseline), label)
@@ -314,14 +327,14 @@ def render_runs(runs: Sequence[Run], baseline: Sequence[Run] = (), *, title: str
 
 
 def _throughput_table(frame: pd.DataFrame) -> str:
-    ok = analysis.ok_rows(frame)
-    wanted = [c for c in ("tflops", "gbps", "tokens_per_s", "frac_matmul_ceiling", "frac_copy_ceiling") if c in ok]
-    if not wanted or not analysis.has(ok, "variant"):
+    best = analysis.best_throughput(frame)
+    if best.empty:
         return ""
-    best = ok.groupby("variant")[wanted].max().reset_index()
-    best.columns = ["variant"] + [f"max {c}" + (f", {SCHEMA[c].unit}" if SCHEMA[c].unit else "") for c in wanted]
-    return ("<p class='note'>Best over N per variant (fractions are of the ceilings measured in the run; the "
-            "copy fraction uses the minimum bytes any implementation must move).</p>" + table(best, precision=3))
+    best = best.rename(columns={c: f"max {c}" + (f", {SCHEMA[c].unit}" if SCHEMA[c].unit else "")
+                                for c in analysis.THROUGHPUT})
+    return ("<p class='note'>Best over N per panel and variant (fractions are of the ceilings measured in the "
+            "run; the copy fraction uses the minimum bytes any implementation must move).</p>"
+            + table(best, precision=3))
 
 
 def render_report(run_dirs: Iterable[str | Path], compare: Iterable[str | Path] = (), *,

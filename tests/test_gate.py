@@ -21,7 +21,9 @@ from torch import nn
 from baselines.softmax import SoftmaxAttention
 from bench import gate
 from bench.cli import main
+from bench.record import make_row
 from bench.registry import all_variants, get_variant
+from bench.sweep.store import RunStore
 from bench.variant import AttentionSpec, Variant
 
 REFERENCE = "linear@torch-chunked"
@@ -210,3 +212,71 @@ def test_bad_inputs_say_what_was_wrong(tmp_path):
         gate.Tolerances(ratio=0.9)
     with pytest.raises(ValueError, match="time statistic"):
         gate.measure([pd.DataFrame({"status": ["ok"]})], REFERENCE, "time_mean_ms")
+
+
+def _stored_gate_run(root: Path, rounds: int = 3, skip: set[tuple[int, str, int]] = frozenset(),
+                     errors: set[tuple[int, str, int]] = frozenset()) -> Path:
+    """A gate run on disk (``round-<r>/rows.jsonl``) of rows made by ``bench.record.make_row``: the reference
+    at 1 ms per 1k tokens, the probe at 1.5x that, peaks 4 MiB per 1k tokens. ``skip`` leaves out the
+    (round, variant, N) rows, as a run killed in that round would; ``errors`` stores them as errors."""
+    for r in range(1, rounds + 1):
+        store = RunStore(root, f"round-{r}")
+        for variant, factor in ((REFERENCE, 1.0), (PROBE, 1.5)):
+            for n in (1024, 2048, 4096):
+                if (r, variant, n) in skip:
+                    continue
+                ms = factor * n / 1024 * (1 + 0.01 * r)
+                bad = (r, variant, n) in errors
+                store.append(make_row("speed", {
+                    "run_id": f"round-{r}", "key": f"{variant}|n{n}", "variant": variant, "family": "linear",
+                    "pass": "fwd", "dtype": "float32", "causal": True, "d": 16, "n": n,
+                    "status": "error" if bad else "ok", "reason": "RuntimeError: injected" if bad else "",
+                    "time_min_ms": None if bad else ms, "time_median_ms": None if bad else ms,
+                    "peak_mem_bytes": None if bad else 4.0 * 2**20 * n / 1024}))
+    return root
+
+
+def test_a_gate_run_with_a_round_missing_or_cut_short_fails(tmp_path):
+    """A gate run killed (or still running) in its last rounds measured fewer rounds than the budgets were made
+    with: that must fail, naming what is missing, instead of passing on what the first rounds measured."""
+    path = tmp_path / "budgets.json"
+    gate.update(path, [_stored_gate_run(tmp_path / "full")])
+    assert gate.gate(path, tmp_path / "full").passed
+    two_rounds = _stored_gate_run(tmp_path / "two", rounds=2)
+    result = gate.gate(path, two_rounds)
+    assert not result.passed and "rounds" in set(result.table["check"]), result.text
+    cut = _stored_gate_run(tmp_path / "cut", skip={(3, PROBE, 4096), (3, REFERENCE, 4096)})
+    result = gate.gate(path, cut)
+    assert not result.passed, result.text
+    assert failed(result, "status") == {(PROBE, 4096), (REFERENCE, 4096)}, result.text
+    assert "no row in round 3" in result.text
+
+
+def test_update_refuses_a_run_whose_configs_did_not_all_run(tmp_path):
+    """Budgets written from a run where a config errored would lack that config: refuse and name it."""
+    run = _stored_gate_run(tmp_path / "run", errors={(2, PROBE, 2048)})
+    path = tmp_path / "budgets.json"
+    with pytest.raises(ValueError, match=r"linear-probe@torch-chunked.*2048.*error in round 2"):
+        gate.update(path, [run])
+    assert not path.exists()
+
+
+def test_update_refuses_a_run_without_the_reference(tmp_path):
+    """Without the reference variant no ratio can be made: budgets without ratios would never gate time."""
+    run = _stored_gate_run(tmp_path / "run", skip={(r, REFERENCE, n) for r in (1, 2, 3) for n in (1024, 2048, 4096)})
+    path = tmp_path / "budgets.json"
+    with pytest.raises(ValueError, match=rf"reference {REFERENCE} .*{PROBE}"):
+        gate.update(path, [run])
+    assert not path.exists()
+
+
+def test_options_that_only_go_with_update_are_refused_without_it(tmp_path):
+    """``--preset`` and ``--time-stat`` choose what --update makes budgets from; without --update the gate ran
+    the budgets' own preset and statistic and said nothing, so ``gate --preset quick`` looked like a gate of
+    the quick preset."""
+    run = _stored_gate_run(tmp_path / "run")
+    path = tmp_path / "budgets.json"
+    gate.update(path, [run])
+    assert main(["gate", "--budgets", str(path), "--run", str(run)]) == 0
+    assert main(["gate", "--budgets", str(path), "--run", str(run), "--preset", "quick"]) == 2
+    assert main(["gate", "--budgets", str(path), "--run", str(run), "--time-stat", "time_median_ms"]) == 2

@@ -17,7 +17,7 @@ from bench.sweep.session import Sweep
 from bench.sweep.store import RunStore
 from reports import analysis
 from reports.__main__ import main as reports_main
-from reports.load import Run, ceilings_by_dtype, load_run
+from reports.load import Run, ceilings_by_dtype, load_run, run_ceilings
 from reports.render import REPORT_FILE, render_runs
 from reports.summary import summary_text
 
@@ -276,3 +276,128 @@ def test_summary_text_lists_times_memory_and_failures():
     assert "over-budget  softmax@b" in text and "N=512: predicted 9 s > 8 s" in text
     assert "statuses: ok 2, over-budget 1" in text
     assert summary_text(pd.DataFrame()) == "no rows"
+
+
+def test_ceilings_as_a_run_stores_them_are_read_per_dtype(real_run):
+    """The session's ceilings as ``measure_ceilings`` writes them (``{"matmul": {dtype: {...}}, "copy_gbps": ...}``)
+    give the report the run's matmul rate for its dtype, not an 'unknown dtype' row without a rate."""
+    run = load_run(real_run)
+    stored = run.sessions[0]["ceilings"]
+    rate = stored["matmul"]["float32"]["matmul_tflops"]
+    found = run_ceilings([run])
+    assert list(found) == [("tiny", "float32")]
+    assert found[("tiny", "float32")]["matmul_tflops"] == rate
+    assert found[("tiny", "float32")]["copy_gbps"] == stored["copy_gbps"]
+    text = render_runs([run])
+    assert "unknown dtype" not in text and f"{rate:.4g}" in text
+
+
+def test_best_throughput_is_per_panel_not_mixed_across_passes_and_head_dims():
+    """A variant measured fwd and fwd+bwd at two D has four bests, each labelled with its panel: one max over
+    all of them would put a fwd rate beside a fwd+bwd tokens/s with nothing saying which is which."""
+    rows = [{**_row("linear@a", n, ms, d=d, pass_=p), "tokens_per_s": n / ms * 1e3}
+            for d in (64, 128) for p, ms in (("fwd", 1.0), ("fwd+bwd", 4.0)) for n in (256, 512)]
+    best = analysis.best_throughput(to_frame(rows))
+    assert len(best) == 4
+    by_panel = best.set_index(["d", "pass"])
+    assert by_panel.loc[(64, "fwd"), "tokens_per_s"] == pytest.approx(512e3)
+    assert by_panel.loc[(64, "fwd+bwd"), "tokens_per_s"] == pytest.approx(128e3)
+    text, _ = _render(rows)
+    section = text.split("<section id='throughput'>")[1].split("</section>")[0]
+    assert section.count(">fwd+bwd<") == 2 and section.count(">128<") == 2  # each row names its panel
+
+
+def _colours(png_src: str) -> set[tuple[int, int, int]]:
+    """The exact RGB colours of a figure's pixels (its lines' centres keep their colour exactly)."""
+    import io
+
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(io.BytesIO(base64.b64decode(png_src.split(",", 1)[1])), format="png")
+    return {tuple(round(255 * c) for c in p[:3]) for p in pixels.reshape(-1, pixels.shape[-1])}
+
+
+def test_a_variant_has_one_colour_in_every_figure():
+    """softmax@b is in the speed figures beside linear@a, and alone in the extrapolation figure (a report of a
+    speed run and an extrapolation run): it is drawn in the same colour in both."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgb
+
+    speed = [_row(v, n, 0.01 * n) for v in ("linear@a", "softmax@b") for n in (256, 512)]
+    extrap = [{"key": f"e{e}", "task": "extrapolation", "variant": "softmax@b", "status": "ok",
+               "protocol": "sliding", "train_len": 256, "eval_len": e, "perplexity": 3.0 + e / 1024}
+              for e in (256, 512, 1024)]
+    _, found = _render(speed + extrap)
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    first, second = (tuple(round(255 * c) for c in to_rgb(colour)) for colour in cycle[:2])
+    assert {first, second} <= _colours(found.figures["time"][0])
+    extrapolation = _colours(found.figures["extrapolation"][0])
+    assert second in extrapolation and first not in extrapolation
+
+
+def test_slopes_are_per_sequence_when_batch_x_n_is_held_constant():
+    """The full preset holds batch x N at 64k tokens (batch = 64k / N). Per call, linear attention's time and
+    memory are then flat in N and softmax's grow as N: the fitted slopes must be of the time and memory per
+    sequence (per call / batch), about 1 and 2, as the report's note on slopes says."""
+    ns = [1024, 2048, 4096, 8192]
+    rows = []
+    for variant, power in (("linear@a", 1), ("softmax@b", 2)):
+        for n in ns:
+            batch = 65536 // n
+            ms = 1e-6 * batch * n**power
+            rows.append({**_row(variant, n, ms, family=variant.split("@")[0], peak=4.0 * batch * n**power),
+                         "batch": batch})
+    frame = to_frame(rows)
+    for value in ("time_median_ms", "peak_mem_bytes"):
+        found = analysis.slopes(frame, value).set_index("variant")["slope"]
+        assert found["linear@a"] == pytest.approx(1.0) and found["softmax@b"] == pytest.approx(2.0), value
+    text, found = _render(rows)
+    for section in ("time", "memory"):
+        assert "per sequence" in text.split(f"<section id='{section}'>")[1].split("</section>")[0], section
+    assert set(found.figures) == {"time", "memory", "throughput"}
+    one_batch, _ = _render([{**r, "batch": 1} for r in rows])  # one batch size: per call, as before
+    assert "Median time per call against N" in one_batch and "Median time per sequence" not in one_batch
+
+
+def test_times_flagged_high_variance_are_marked_where_the_report_compares_them():
+    """A 12% 'regression' between two timings whose IQR is above 10% of the median is within their noise:
+    the comparison and the fastest-variant table say which timings are flagged, instead of stating them as
+    firmly as clean ones."""
+    def timed(variant: str, ms: float, noisy: bool) -> dict:
+        return {**_row(variant, 1024, ms), "high_variance": noisy, "time_iqr_ms": ms * (0.3 if noisy else 0.01)}
+
+    new = to_frame([timed("linear@a", 1.12, True), timed("flash@b", 1.0, False)])
+    old = to_frame([timed("linear@a", 1.0, False), timed("flash@b", 1.0, False)])
+    matched, _ = analysis.compare(new, old)
+    flags = dict(zip(matched["variant"], matched["high variance"], strict=True))
+    assert flags == {"linear@a": "new", "flash@b": ""}
+    fastest = analysis.fastest(new).iloc[0]
+    assert fastest["fastest"] == "flash@b" and fastest["high variance"] == "linear@a"
+
+
+def test_compare_with_an_empty_side_lists_every_config_of_the_other(real_run, tmp_path):
+    """A run with no rows yet (just started, or every config skipped) against a baseline: every baseline config
+    is in the baseline only, not 'none'."""
+    base = load_run(real_run).frame
+    empty = RunStore(tmp_path, "empty")
+    empty.rows_path.touch()
+    matched, only = analysis.compare(load_run(empty.path).frame, base)
+    assert matched.empty
+    assert sorted(only["key"]) == sorted(base["key"]) and set(only["only in"]) == {"baseline"}
+    matched, only = analysis.compare(base, load_run(empty.path).frame)
+    assert sorted(only["key"]) == sorted(base["key"]) and set(only["only in"]) == {"new runs"}
+
+
+def test_compare_takes_no_time_ratio_between_different_timers():
+    """Times from different clocks (wall time vs a gate round's CPU time, which counts every thread; do_bench vs
+    a CUDA-event clock) are not comparable: no ratio and no verdict, and the table says why."""
+    def timed(timer: str, ms: float) -> dict:
+        return {**_row("linear@a", 1024, ms), "timer": timer}
+
+    matched, _ = analysis.compare(to_frame([timed("process_time", 2.0)]), to_frame([timed("perf_counter", 1.0)]))
+    row = matched.iloc[0]
+    assert pd.isna(row["time ratio"]) and row["time verdict"] == ""
+    assert row["timers"] == "perf_counter -> process_time"
+    same, _ = analysis.compare(to_frame([timed("perf_counter", 2.0)]), to_frame([timed("perf_counter", 1.0)]))
+    assert same.iloc[0]["time ratio"] == pytest.approx(2.0) and same.iloc[0]["time verdict"] == "regression"
+    assert "timers" not in same
