@@ -172,9 +172,10 @@ LINEAR_BACKENDS: dict[str, dict] = {
 
 def _linear_encodings(backend: str) -> list[tuple[str, str]]:
     """(pe, P) pairs registered for a linear backend: every P on the fast backends, P = identity on naive;
-    the fused triton backend takes no positions or LRPE with P = identity."""
-    if backend == "triton":  # the fused kernels: no positions or LRPE with P = identity (lrpe.kernels.dispatch)
-        return [("none", "identity")] + [(f"lrpe-{kind}", "identity") for kind in LRPE_KINDS]
+    the fused triton backend takes no positions or LRPE (each P: one other than identity runs in torch
+    before the kernels, lrpe.kernels.function)."""
+    if backend == "triton":
+        return [("none", "identity")] + [(f"lrpe-{kind}", p) for kind in LRPE_KINDS for p in P_CHOICES]
     pairs = [("none", "identity"), ("rope", "identity"), ("spe-sine", "identity"), ("spe-conv", "identity")]
     ps = ("identity",) if backend == "naive" else P_CHOICES
     pairs += [(f"lrpe-{kind}", p) for kind in LRPE_KINDS for p in ps]

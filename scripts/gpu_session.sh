@@ -44,7 +44,7 @@ case "$STAGE" in
   kernels)
     install_wheels
     timeout 540 python3 -m bench run --results-dir "$OUT/results" --run-id kernels \
-      --variants 'linear@triton,linear-lrpe-*@triton,linear@fla,linear-lrpe-unitary@fla,linear-lrpe-orthogonal@fla,linear@torch-chunked,flash@sdpa-cudnn,flash@sdpa-flash' \
+      --variants 'linear@triton,linear-lrpe-unitary@triton,linear-lrpe-orthogonal@triton,linear-lrpe-permutation@triton,linear-lrpe-orthogonal-householder@triton,linear@fla,linear-lrpe-unitary@fla,linear-lrpe-orthogonal@fla,linear-lrpe-orthogonal-householder@fla,linear@torch-chunked,flash@sdpa-cudnn,flash@sdpa-flash' \
       --n 4k,16k,64k --d 64,128 --dtype bf16 --causal true --pass both --heads 16 --batch 1 2>&1 | tee "$OUT/kernels.txt"
     tar -czf "$OUT/kernels.tar.gz" -C "$OUT/results" kernels && rm -rf "$OUT/results" ;;
   *)

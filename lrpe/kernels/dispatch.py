@@ -7,15 +7,16 @@ ValueError with the reason, never falls back. Forced calls on CPU tensors run on
 defined under the Triton interpreter (TRITON_INTERPRET=1 when ``lrpe.kernels.function`` was imported), which
 is how the CPU tests use them.
 
-The kernels compute: feature map 1 + elu, no qk_transform, positional "none" or an LRPE with P = identity
-(theta not trained through this call), normalize=False, no state in or out, offset >= 0, one dtype of
+The kernels compute: feature map 1 + elu, no qk_transform, positional "none" or an LRPE (theta not trained
+through this call; a P other than identity runs in torch before the kernels, see
+``fused_lrpe_linear_attention``), normalize=False, no state in or out, offset >= 0, one dtype of
 bfloat16/float16 for q, k, v on an sm_80+ GPU (float32 too under the interpreter), D and DV in (64, 128),
 chunk_size 64 (16 and 32 too under the interpreter).
 
 ``lrpe.linear_attention`` gets already feature-mapped q, k: its numerator runs the kernels with feature map
 "identity" and no positional transform, under the same dtype, shape, chunk and no-state conditions; its
-denominator (normalize=True) stays in torch. A core that the kernels refuse (say P = Householder) therefore
-still reaches them under "auto" through ``linear_attention`` on its transformed features.
+denominator (normalize=True) stays in torch. A core that the kernels refuse (say normalize=True, or a learned
+theta) therefore still reaches them under "auto" through ``linear_attention`` on its transformed features.
 """
 
 from __future__ import annotations
@@ -95,11 +96,9 @@ def unsupported_reason(core: nn.Module, q: Tensor, k: Tensor, v: Tensor, offset:
     pos = core.positional
     if pos is not None and not isinstance(pos, LRPE):
         return f"the fused kernels take an LRPE or no positional module, got {type(pos).__name__}"
-    if isinstance(pos, LRPE):
-        if pos.p_name != "identity":
-            return f"the fused kernels take P = identity, got p={pos.p_name!r}"
-        if isinstance(pos.theta, nn.Parameter) and pos.theta.requires_grad and torch.is_grad_enabled():
-            return "a learned theta needs its gradient, which the fused kernels do not compute"
+    theta = getattr(pos, "theta", None)  # the permutation kind has none
+    if isinstance(theta, nn.Parameter) and theta.requires_grad and torch.is_grad_enabled():
+        return "a learned theta needs its gradient, which the fused kernels do not compute"
     if offset < 0:
         return f"the fused kernels take offset >= 0, got {offset}"
     return _shape_reason(q, k, v, core.chunk_size)

@@ -18,6 +18,7 @@ from torch import Tensor
 from triton.runtime import JITFunction
 
 from lrpe.encoding import LRPE
+from lrpe.feature_maps import elu1
 from lrpe.kernels.dispatch import FUSED_HEAD_DIMS
 from lrpe.kernels.features import FEATURE_ELU1, FEATURE_IDENTITY, KIND_ORTHOGONAL, KIND_PERMUTATION, KIND_UNITARY
 from lrpe.kernels.linear_attn_bwd import lrpe_linear_bwd_qk
@@ -264,7 +265,10 @@ def fused_lrpe_linear_attention(q: Tensor, k: Tensor, v: Tensor, positional: LRP
     """phi (1 + elu, or none), then LRPE (or nothing), then causal or full linear attention without denominator.
 
     q, k: (B, H, N, D) projections; v: (B, H, N, DV); one dtype of DTYPES; D, DV in HEAD_DIMS; token n at
-    position offset + n (offset >= 0). positional: None or an LRPE with P = identity of width D.
+    position offset + n (offset >= 0). positional: None or an LRPE of width D. Its P, when not the identity
+    (Householder, learned or not, odd-even), mixes all D columns, which the dq/dk kernel's blocks of feature
+    columns cannot: P phi(q) and P phi(k) are computed in torch (float32, gradients through autograd, a
+    learned P's included) and written once at width D, then the kernels apply Lambda^s with the identity map.
     segment_chunks: chunks per segment of the segment-parallel passes; None (the default) takes
     ``default_segment_chunks(N, chunk_size, B H x value blocks)`` (an override exists for tests and tuning).
     feature_map: "elu1" (phi = 1 + elu, applied in the kernels) or "identity" (phi(x) = x: q and k are
@@ -277,6 +281,10 @@ def fused_lrpe_linear_attention(q: Tensor, k: Tensor, v: Tensor, positional: LRP
     check_supported(q, k, v, chunk_size)
     if positional is not None and positional.head_dim != q.shape[-1]:
         raise ValueError(f"positional head_dim {positional.head_dim} != D = {q.shape[-1]}")
+    if positional is not None and positional.p_name != "identity":
+        phi = elu1 if feature_map == "elu1" else (lambda x: x)
+        q, k = (positional.p(phi(x.to(torch.float32))).to(x.dtype) for x in (q, k))
+        feature_map = "identity"
     tables = build_tables(positional, q.shape[-1], q.shape[-2], offset, chunk_size, q.device)
     b, h, n, d = q.shape
     feature = FEATURE_CODES[feature_map]

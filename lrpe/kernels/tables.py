@@ -64,7 +64,9 @@ def _phasor_tables(theta: Tensor, n_chunks: int, chunk: int, offset: int, device
 
 def build_tables(positional: LRPE | None, head_dim: int, n: int, offset: int, chunk: int,
                  device: torch.device) -> KernelTables:
-    """The kernel inputs for ``positional`` (None or an LRPE with P = identity) at positions offset + [0, n)."""
+    """The kernel inputs for ``positional`` (None or an LRPE) at positions offset + [0, n): the tables of its
+    Lambda^s alone. Its P is not in them: a caller with P other than identity applies P to the features
+    first (``dispatch.fused_attention``)."""
     if offset < 0:
         raise ValueError(f"offset must be >= 0 for the fused kernels, got {offset}")
     n_chunks = -(-n // chunk)
@@ -74,8 +76,6 @@ def build_tables(positional: LRPE | None, head_dim: int, n: int, offset: int, ch
     perm = (empty_i,) * 4
     angle_heads = perm_heads = 1
     kind = "none" if positional is None else positional.kind
-    if positional is not None and positional.p_name != "identity":
-        raise ValueError(f"the fused kernels support P = identity, got p={positional.p_name!r}")
     if kind in ("unitary", "orthogonal"):
         angles = _phasor_tables(positional.theta, n_chunks, chunk, offset, device)
         angle_heads = angles[0].shape[0]
