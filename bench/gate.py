@@ -155,12 +155,17 @@ def read_rounds(run_dir: str | Path) -> list[pd.DataFrame]:
     return frames
 
 
-def run_spec(run_dir: str | Path) -> dict | None:
-    """The resolved preset the first round of a gate run was made with (from environment.json)."""
+def _first_session(run_dir: str | Path) -> dict:
+    """The environment.json session of a gate run's first round (or of a run directory); {} when none."""
     run_dir = Path(run_dir)
     store = run_dir if (run_dir / ROWS_FILE).exists() else run_dir / "round-1"
     sessions = RunStore(store.parent, store.name).environment()["sessions"] if store.exists() else []
-    return sessions[0].get("preset") if sessions else None
+    return sessions[0] if sessions else {}
+
+
+def run_spec(run_dir: str | Path) -> dict | None:
+    """The resolved preset the first round of a gate run was made with (from environment.json)."""
+    return _first_session(run_dir).get("preset")
 
 
 # ---- measuring ------------------------------------------------------------------------------------------
@@ -428,8 +433,6 @@ def update(budgets_path: str | Path = DEFAULT_BUDGETS, run_dirs: list[str | Path
 
     An existing file's preset, reference, rounds, threads, time statistic and tolerances are kept unless
     given here."""
-    from bench.measure.environment import collect_environment
-
     path = Path(budgets_path)
     old = load_budgets(path) if path.exists() else {}
     preset = preset or old.get("preset", DEFAULT_PRESET)
@@ -462,8 +465,10 @@ def update(budgets_path: str | Path = DEFAULT_BUDGETS, run_dirs: list[str | Path
     specs = [run_spec(d) for d in run_dirs]
     if any(s != specs[0] for s in specs):
         raise ValueError(f"the runs {[str(d) for d in run_dirs]} were made with different presets")
-    env = collect_environment("cpu")
-    environment = {k: env.get(k) for k in ("cpu_model", "usable_cores", "platform", "git_commit")}
+    # The machine the runs were measured on, as they recorded it (a GPU gate's device included), not this one.
+    env = _first_session(run_dirs[0])
+    environment = {k: env.get(k) for k in ("device", "device_name", "cpu_model", "usable_cores", "platform",
+                                           "git_commit")}
     environment["torch"] = env.get("versions", {}).get("torch")
     budgets = make_budgets(measured, preset=preset, spec=specs[0], reference=reference, rounds=rounds,
                            threads=threads, time_stat=time_stat, tolerances=tolerances,

@@ -280,3 +280,16 @@ def test_options_that_only_go_with_update_are_refused_without_it(tmp_path):
     assert main(["gate", "--budgets", str(path), "--run", str(run)]) == 0
     assert main(["gate", "--budgets", str(path), "--run", str(run), "--preset", "quick"]) == 2
     assert main(["gate", "--budgets", str(path), "--run", str(run), "--time-stat", "time_median_ms"]) == 2
+
+
+def test_update_records_the_machine_the_runs_were_measured_on(tmp_path):
+    """The budgets name the machine of the runs' own environment.json (a GPU gate's device included), not the
+    machine --update happens to run on."""
+    run = _stored_gate_run(tmp_path / "run")
+    RunStore(run, "round-1").add_environment({"device": "cuda", "device_name": "NVIDIA H100 80GB HBM3",
+                                              "cpu_model": "AMD EPYC", "usable_cores": 16,
+                                              "versions": {"torch": "2.11.0+cu130"}})
+    budgets, _ = gate.update(tmp_path / "budgets.json", [run])
+    measured_on = budgets["measured_on"]
+    assert measured_on["device_name"] == "NVIDIA H100 80GB HBM3" and measured_on["device"] == "cuda"
+    assert measured_on["cpu_model"] == "AMD EPYC" and measured_on["torch"] == "2.11.0+cu130"
