@@ -57,8 +57,8 @@ class Config:
 def shipped_configs(dtypes: tuple[str, ...] = ("bf16", "fp16"),
                     features: tuple[str, ...] = tuple(FEATURE_CODES)) -> list[Config]:
     """Every configuration the kernels launch on a GPU at C = 64 with D = DV in {64, 128} (float32 is
-    interpreter-only; ``--dtypes fp32`` shows why): pass 1 ("state") once, the pass-2 kernels causal and full,
-    each for every feature map (1 + elu, identity)."""
+    interpreter-only; ``--dtypes fp32`` compiles it and shows its spills): pass 1 ("state") once, the pass-2
+    kernels causal and full, each for every feature map (1 + elu, identity)."""
     return [Config(kernel, kind, d, None if kernel in UNMASKED else causal, dtype, feature)
             for feature, kernel, kind, d, causal, dtype in itertools.product(features, KERNELS, KIND_CODES,
                                                                              (64, 128), (True, False), dtypes)
@@ -145,14 +145,15 @@ def compile_config(cfg: Config, capability: int) -> dict:
     ptx = compiled.asm["ptx"]
     arch = "sm_90a" if capability == 90 else f"sm_{capability}"
     row = {**asdict(cfg), "arch": arch, "warps": launch.num_warps, "shared": compiled.metadata.shared,
-           **_ptxas_resources(ptx, arch), "wgmma": "wgmma" in ptx, "mma": "mma.sync" in ptx}
+           **_ptxas_resources(ptx, arch), "wgmma": "wgmma" in ptx, "mma": "mma.sync" in ptx,
+           "tf32": ".tf32" in ptx}
     failures = []
     if row["shared"] > SMEM_LIMIT[capability]:
         failures.append(f"shared {row['shared']} B > {SMEM_LIMIT[capability]} B")
     if row["spill_stores"] or row["spill_loads"]:
         failures.append(f"spills {row['spill_stores']} B stored / {row['spill_loads']} B loaded")
-    # IEEE float32 dots (the float32 checking path) have no tensor-core instruction; half ones must use wgmma.
-    if capability == 90 and cfg.dtype != "fp32" and not row["wgmma"]:
+    # float32 dots are 3xTF32 ones ("tf32x3"), half ones plain: each has a wgmma form on sm_90.
+    if capability == 90 and not row["wgmma"]:
         failures.append("no wgmma in the sm_90 PTX")
     row["failures"] = failures
     return row

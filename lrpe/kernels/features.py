@@ -140,8 +140,10 @@ def _store_feature_grad(X, DX, rows, rmask, c, s, wb, df1, df2, COS_C, SIN_C, CO
 
 @triton.jit
 def _mm(a, b, dtype: tl.constexpr):
-    """a @ b with float32 accumulation; operands in dtype (the input dtype), IEEE float32 when that is float32."""
+    """a @ b with float32 accumulation; operands in dtype (the input dtype). float32 operands take the 3xTF32
+    split ("tf32x3": a = hi + lo in TF32, hi hi + hi lo + lo hi on tensor cores, about float32 accuracy; accepted
+    by triton 3.6 and 3.9, whose interpreter computes any input_precision as one float32 numpy matmul)."""
     if dtype == tl.float32:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="tf32x3")
     else:
         return tl.dot(a.to(dtype), b.to(dtype))

@@ -34,8 +34,9 @@ INTERPRETED: bool = not isinstance(lrpe_linear_fwd, JITFunction)  # an Interpret
 """Whether these kernels were defined under TRITON_INTERPRET=1 (they then run on CPU tensors)."""
 DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16, torch.float32)
 GPU_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16)
-"""float32 runs in the interpreter (the tests' exact path) but is not shipped for GPUs: its IEEE float32 dots
-(no tensor-core form) spill hundreds to thousands of bytes of registers at these blocks (compile_check)."""
+"""float32 runs in the interpreter (the tests' exact path) but is not shipped for GPUs: its 3xTF32 dots lower to
+tensor-core instructions (wgmma on sm_90, mma.sync on sm_80), but the TF32 hi/lo copies of the float32 tiles
+spill registers in the causal pass-2 kernels at every block tried, C = 16 included (docs/kernels.md, "float32")."""
 
 
 @dataclass(frozen=True)
