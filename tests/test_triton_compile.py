@@ -45,3 +45,37 @@ def test_every_shipped_configuration_compiles_without_spills(tmp_path):
     assert all(row["wgmma"] for row in rows if row["arch"] == "sm_90a")
     assert all(row["mma"] for row in rows if row["arch"] == "sm_80")
     assert not any(row["failures"] for row in rows)
+
+
+_FLOAT32_PROBE = """
+import json
+from lrpe.kernels.compile_check import Config, compile_config
+
+rows = [compile_config(Config(kernel, "none", 64, causal, dtype, "elu1"), cap)
+        for kernel, causal in (("state", None), ("fwd", True)) for dtype in ("fp32", "bf16") for cap in (90, 80)]
+print(json.dumps(rows))
+"""
+
+
+@pytest.mark.slow
+def test_float32_dots_run_on_tensor_cores():
+    # float32 operands take the 3xTF32 dots: TF32 tensor-core instructions (wgmma on sm_90a, mma.sync on sm_80),
+    # not the FMA loops of IEEE dots. Pass 1 at D = 64 (no feature tile beside the state) fits without spills;
+    # the causal forward spills (today), which is why GPU_DTYPES leaves float32 out. bfloat16 alongside: no TF32.
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", _FLOAT32_PROBE], env=env, cwd=root, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = {(r["kernel"], r["dtype"], r["arch"]): r for r in json.loads(proc.stdout.strip().splitlines()[-1])}
+    for kernel in ("state", "fwd"):
+        for arch, instruction in (("sm_90a", "wgmma"), ("sm_80", "mma")):
+            assert rows[kernel, "fp32", arch]["tf32"] and rows[kernel, "fp32", arch][instruction]
+            assert not rows[kernel, "bf16", arch]["tf32"]
+        assert not rows["state", "fp32", "sm_90a"]["failures"] and not rows["state", "fp32", "sm_80"]["failures"]
+    from lrpe.kernels.function import GPU_DTYPES
+
+    # A spilling float32 forward must not be shipped for GPUs.
+    if any(r["spill_stores"] for r in rows.values() if r["kernel"] == "fwd" and r["dtype"] == "fp32"):
+        assert "torch.float32" not in {str(d) for d in GPU_DTYPES}

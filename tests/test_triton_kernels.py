@@ -9,7 +9,8 @@ kernels). This module therefore runs itself: in a normal session ``test_interpre
 checks below run in that child and skip in the parent.
 
 Oracle: ``LinearAttentionCore(impl="quadratic")`` in float64 (explicit N x N scores, float64 angles) on the
-same inputs. The kernels run float32 operands with IEEE float32 dots here. bfloat16 is not checked in the
+same inputs. The kernels run float32 operands here (their 3xTF32 dots compute as float32 matmuls in the
+interpreter). bfloat16 is not checked in the
 interpreter: triton 3.9's interpreter returns garbage for ``tl.dot`` on bfloat16 operands (a plain 16 x 16
 bfloat16 dot is off by ~1e10), so float16 stands in for the half-precision path.
 """
@@ -203,6 +204,49 @@ def test_sm80_blocks(kernels, kind, monkeypatch):
 
 
 @in_child
+@pytest.mark.parametrize("capability", [90, 80])
+@pytest.mark.parametrize("kind", ["none", "orthogonal", "permutation"])
+@pytest.mark.parametrize("causal", [True, False])
+def test_float32_gpu_configuration(kernels, capability, kind, causal, monkeypatch):
+    # The float32 GPU launch configuration (3xTF32 dots compute as float32 matmuls here) run by the
+    # interpreter: the kernels' own chunk (32; 16 for orthogonal on sm_90) replaces the caller's 64, with
+    # BV = BW = 16; N = 45 is no multiple of either, and segments of 2 chunks run pass 1 and the prefix.
+    monkeypatch.setattr(kernels, "_float32_gpu", lambda x: x.dtype == torch.float32)
+    monkeypatch.setattr(kernels, "_capability", lambda x: capability)
+    cfg = kernels.launch_config(kernels.KIND_CODES[kind], 64, 64, capability, float32=True)
+    assert (cfg.block_v, cfg.block_w, cfg.num_stages) == (16, 16, 1)
+    assert cfg.chunk == (16 if kind == "orthogonal" and capability == 90 else 32)
+    calls = []
+    plan = kernels.default_segment_chunks
+    monkeypatch.setattr(kernels, "default_segment_chunks", lambda *args: calls.append(args) or plan(*args))
+    core = LinearAttentionCore(64, positional=kind, causal=causal, impl="quadratic", seed=9)
+    _compare(kernels, core, 45, 64, 64, chunk=64, offset=5, seed=30 + causal + len(kind), segment_chunks=2)
+    _compare(kernels, core, 45, 64, 64, chunk=64, offset=5, seed=31)
+    assert calls == [(45, cfg.chunk, 2 * 4)]  # planned in the kernels' chunk: B H 2 x DV / BV = 4 value blocks
+
+
+@in_child
+def test_float32_gpu_refuses_other_shapes(kernels, monkeypatch):
+    # Unitary and D = 128 spill in float32 (docs/kernels.md): refused by name, and "auto" falls back.
+    monkeypatch.setattr(kernels, "_float32_gpu", lambda x: x.dtype == torch.float32)
+    q = torch.randn(1, 1, 20, 64)
+    unitary = LinearAttentionCore(64, positional="unitary", impl="quadratic")
+    with pytest.raises(ValueError, match=r"float32 on a GPU takes LRPE kinds \['none', 'orthogonal', "
+                                         r"'permutation'\] .* got unitary"):
+        kernels.fused_lrpe_linear_attention(q, q, q, unitary.positional)
+    wide = torch.randn(1, 1, 20, 128)
+    with pytest.raises(ValueError, match=r"float32 on a GPU takes D, DV in \(64,\) .* got D=128, DV=128"):
+        kernels.fused_lrpe_linear_attention(wide, wide, wide)
+    with pytest.raises(ValueError, match="got D=64, DV=128"):
+        kernels.check_supported(q, q, wide, 64, kernels.KIND_CODES["none"])
+    with pytest.raises(ValueError, match="got unitary"):
+        kernels.launch_config(kernels.KIND_CODES["unitary"], 64, 64, 80, float32=True)
+    # Half inputs keep their blocks and the caller's chunk; float32 in the interpreter too.
+    assert kernels.launch_config(kernels.KIND_CODES["none"], 64, 64, 90).chunk is None
+    assert kernels.float32_reason(kernels.KIND_CODES["permutation"], 64, 64) is None
+
+
+@in_child
 def test_per_head_parameters(kernels):
     # Per-head permutations (independent draws) and per-head theta: the tables carry a head dimension.
     perm = LinearAttentionCore(64, num_heads=2, positional="permutation", impl="quadratic", seed=3)
@@ -378,6 +422,36 @@ def test_cuda_bfloat16_matches_oracle(kind, causal, d, segment_chunks, feature_m
     for name, a, b in zip(("out", "dq", "dk", "dv"), (out, *got), (ref, *want), strict=True):
         err = ((a.double() - b).abs().max() / b.abs().max()).item()
         assert err < 3e-2, f"{name}: relative error {err:.2e}"
+
+
+@on_gpu
+@pytest.mark.parametrize("kind", ["none", "orthogonal", "permutation"])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize(("segment_chunks", "feature_map"), [(None, "elu1"), (4, "elu1"), (4, "identity")])
+def test_cuda_float32_matches_oracle(kind, causal, segment_chunks, feature_map):
+    # float32 inputs at D = 64 (the shapes float32 runs on a GPU), 3xTF32 dots at the kernels' own chunk (32,
+    # or 16), N = 1000. Tolerance 1e-4 relative to the largest entry: 3xTF32 drops only the lo x lo term
+    # (~2^-22 relative per product) and keeps float32 accumulation, so it should sit near the 2e-5 the IEEE
+    # float32 interpreter runs meet; 5x that leaves room for the longer sums at N = 1000 but stays 100x below
+    # one pass of TF32 (~1e-3) or bfloat16 (3e-2 above). Not yet run on a GPU: unverified.
+    from lrpe.kernels.function import fused_lrpe_linear_attention
+
+    core = LinearAttentionCore(64, feature_map=feature_map, positional=kind, causal=causal, impl="quadratic").cuda()
+    gen = torch.Generator(device="cuda").manual_seed(64 + causal)
+    q, k, v = (torch.randn(1, 2, 1000, 64, device="cuda", generator=gen).requires_grad_() for _ in range(3))
+    out = fused_lrpe_linear_attention(q, k, v, core.positional, causal=causal, offset=60000,
+                                      segment_chunks=segment_chunks, feature_map=feature_map)
+    assert out.dtype == torch.float32
+    ref = core(q.double(), k.double(), v.double(), offset=60000)
+    grad = torch.randn(ref.shape, device="cuda", generator=gen, dtype=torch.float64)
+    got = torch.autograd.grad(out, (q, k, v), grad.float())
+    want = torch.autograd.grad(ref, (q, k, v), grad)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), (out, *got), (ref, *want), strict=True):
+        err = ((a.double() - b).abs().max() / b.abs().max()).item()
+        assert err < 1e-4, f"{name}: relative error {err:.2e}"
+    unitary = LinearAttentionCore(64, positional="unitary", impl="quadratic").cuda()
+    with pytest.raises(ValueError, match="float32 on a GPU takes LRPE kinds"):
+        fused_lrpe_linear_attention(q, k, v, unitary.positional)
 
 
 @on_gpu

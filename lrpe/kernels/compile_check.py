@@ -28,7 +28,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, make_backend
 from triton.compiler import compile as triton_compile
 
-from lrpe.kernels.function import FEATURE_CODES, LaunchConfig, launch_config
+from lrpe.kernels.function import FEATURE_CODES, LaunchConfig, float32_reason, launch_config
 from lrpe.kernels.linear_attn_bwd import lrpe_linear_bwd_qk
 from lrpe.kernels.linear_attn_fwd import lrpe_linear_fwd
 from lrpe.kernels.linear_attn_state import lrpe_linear_state
@@ -54,22 +54,22 @@ class Config:
     feature: str
 
 
-def shipped_configs(dtypes: tuple[str, ...] = ("bf16", "fp16"),
+def shipped_configs(dtypes: tuple[str, ...] = ("bf16", "fp16", "fp32"),
                     features: tuple[str, ...] = tuple(FEATURE_CODES)) -> list[Config]:
-    """Every configuration the kernels launch on a GPU at C = 64 with D = DV in {64, 128} (float32 is
-    interpreter-only; ``--dtypes fp32`` compiles it and shows its spills): pass 1 ("state") once, the pass-2
-    kernels causal and full, each for every feature map (1 + elu, identity)."""
+    """Every configuration the kernels launch on a GPU with D = DV in {64, 128} (float32: only the kinds and
+    head dims ``float32_reason`` admits, at its own chunk): pass 1 ("state") once, the pass-2 kernels causal
+    and full, each for every feature map (1 + elu, identity)."""
     return [Config(kernel, kind, d, None if kernel in UNMASKED else causal, dtype, feature)
             for feature, kernel, kind, d, causal, dtype in itertools.product(features, KERNELS, KIND_CODES,
                                                                              (64, 128), (True, False), dtypes)
-            if kernel not in UNMASKED or causal]
+            if (kernel not in UNMASKED or causal) and (dtype != "fp32" or not float32_reason(KIND_CODES[kind], d, d))]
 
 
 def _source(cfg: Config, capability: int) -> tuple[ASTSource, LaunchConfig]:
     fn = KERNELS[cfg.kernel]
     d = dv = cfg.head_dim
     kind = KIND_CODES[cfg.kind]
-    launch = launch_config(kind, d, dv, capability, FEATURE_CODES[cfg.feature])
+    launch = launch_config(kind, d, dv, capability, FEATURE_CODES[cfg.feature], cfg.dtype == "fp32")
     width = d // 2 if cfg.kind == "orthogonal" else d
     tensor = DTYPE_SIG[cfg.dtype]
     sig: dict[str, str] = {}
@@ -85,8 +85,8 @@ def _source(cfg: Config, capability: int) -> tuple[ASTSource, LaunchConfig]:
             sig[name] = tensor
     # dv runs the forward kernel anti-causally, dk the q/k gradient kernel anti-causally (when causal).
     reverse = cfg.causal and cfg.kernel in ("bwd_dv", "bwd_dk")
-    constexprs = {"D": d, "DV": dv, "W": width, "C": CHUNK, "KIND": kind, "TWO": cfg.kind in ("unitary", "orthogonal"),
-                  "FEATURE": FEATURE_CODES[cfg.feature]}
+    constexprs = {"D": d, "DV": dv, "W": width, "C": launch.chunk or CHUNK, "KIND": kind,
+                  "TWO": cfg.kind in ("unitary", "orthogonal"), "FEATURE": FEATURE_CODES[cfg.feature]}
     if cfg.causal is not None:
         constexprs.update(CAUSAL=cfg.causal, REVERSE=reverse)
     if "BV" in fn.arg_names:
@@ -152,8 +152,11 @@ def compile_config(cfg: Config, capability: int) -> dict:
         failures.append(f"shared {row['shared']} B > {SMEM_LIMIT[capability]} B")
     if row["spill_stores"] or row["spill_loads"]:
         failures.append(f"spills {row['spill_stores']} B stored / {row['spill_loads']} B loaded")
-    # float32 dots are 3xTF32 ones ("tf32x3"), half ones plain: each has a wgmma form on sm_90.
-    if capability == 90 and not row["wgmma"]:
+    # Half dots must be wgmma on sm_90. float32 ones (3xTF32) must run on tensor cores (TF32 mma.sync or wgmma);
+    # at their C = 32 or 16 chunks only the dots with 64 rows (the K~^T V state updates) can be wgmma.
+    if cfg.dtype == "fp32" and not (row["tf32"] and (row["wgmma"] or row["mma"])):
+        failures.append("no TF32 tensor-core instruction in the PTX")
+    if capability == 90 and cfg.dtype != "fp32" and not row["wgmma"]:
         failures.append("no wgmma in the sm_90 PTX")
     row["failures"] = failures
     return row
@@ -166,7 +169,7 @@ def _compile_star(args: tuple[Config, int]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="90,80", help="compute capabilities, comma separated")
-    parser.add_argument("--dtypes", default="bf16,fp16")
+    parser.add_argument("--dtypes", default="bf16,fp16,fp32")
     parser.add_argument("--kernels", default=",".join(KERNELS))
     parser.add_argument("--features", default=",".join(FEATURE_CODES), help="feature maps (elu1, identity)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compile processes")

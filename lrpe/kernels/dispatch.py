@@ -10,8 +10,9 @@ is how the CPU tests use them.
 The kernels compute: feature map 1 + elu, no qk_transform, positional "none" or an LRPE (theta not trained
 through this call; a P other than identity runs in torch before the kernels, see
 ``fused_lrpe_linear_attention``), normalize=False, no state in or out, offset >= 0, one dtype of
-bfloat16/float16 for q, k, v on an sm_80+ GPU (float32 too under the interpreter), D and DV in (64, 128),
-chunk_size 64 (16 and 32 too under the interpreter).
+bfloat16/float16/float32 for q, k, v on an sm_80+ GPU (float32 there only at D = DV = 64 and positional "none",
+orthogonal or permutation: ``function.float32_reason``), D and DV in (64, 128), chunk_size 64 (16 and 32 too
+under the interpreter).
 
 ``lrpe.linear_attention`` gets already feature-mapped q, k: its numerator runs the kernels with feature map
 "identity" and no positional transform, under the same dtype, shape, chunk and no-state conditions; its
@@ -69,11 +70,12 @@ def _placement_reason(q: Tensor, *, forced: bool) -> str | None:
     return triton_reason()
 
 
-def _shape_reason(q: Tensor, k: Tensor, v: Tensor, chunk_size: int) -> str | None:
+def _shape_reason(q: Tensor, k: Tensor, v: Tensor, chunk_size: int, kind: str = "none") -> str | None:
     from lrpe.kernels.function import check_supported
+    from lrpe.kernels.tables import KIND_CODES
 
     try:
-        check_supported(q, k, v, chunk_size)
+        check_supported(q, k, v, chunk_size, KIND_CODES[kind])
     except ValueError as exc:
         return str(exc)
     return None
@@ -101,7 +103,7 @@ def unsupported_reason(core: nn.Module, q: Tensor, k: Tensor, v: Tensor, offset:
         return "a learned theta needs its gradient, which the fused kernels do not compute"
     if offset < 0:
         return f"the fused kernels take offset >= 0, got {offset}"
-    return _shape_reason(q, k, v, core.chunk_size)
+    return _shape_reason(q, k, v, core.chunk_size, "none" if pos is None else pos.kind)
 
 
 def fused_numerator(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, chunk_size: int, has_state: bool,

@@ -20,11 +20,18 @@ from triton.runtime import JITFunction
 from lrpe.encoding import LRPE
 from lrpe.feature_maps import elu1
 from lrpe.kernels.dispatch import FUSED_HEAD_DIMS
-from lrpe.kernels.features import FEATURE_ELU1, FEATURE_IDENTITY, KIND_ORTHOGONAL, KIND_PERMUTATION, KIND_UNITARY
+from lrpe.kernels.features import (
+    FEATURE_ELU1,
+    FEATURE_IDENTITY,
+    KIND_NONE,
+    KIND_ORTHOGONAL,
+    KIND_PERMUTATION,
+    KIND_UNITARY,
+)
 from lrpe.kernels.linear_attn_bwd import lrpe_linear_bwd_qk
 from lrpe.kernels.linear_attn_fwd import lrpe_linear_fwd
 from lrpe.kernels.linear_attn_state import lrpe_linear_state
-from lrpe.kernels.tables import KernelTables, build_tables
+from lrpe.kernels.tables import KIND_CODES, KernelTables, build_tables
 
 HEAD_DIMS: tuple[int, ...] = FUSED_HEAD_DIMS
 GPU_CHUNKS: tuple[int, ...] = (64,)
@@ -33,10 +40,14 @@ INTERPRETER_CHUNKS: tuple[int, ...] = (16, 32, 64)
 INTERPRETED: bool = not isinstance(lrpe_linear_fwd, JITFunction)  # an InterpretedFunction otherwise
 """Whether these kernels were defined under TRITON_INTERPRET=1 (they then run on CPU tensors)."""
 DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16, torch.float32)
-GPU_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16)
-"""float32 runs in the interpreter (the tests' exact path) but is not shipped for GPUs: its 3xTF32 dots lower to
-tensor-core instructions (wgmma on sm_90, mma.sync on sm_80), but the TF32 hi/lo copies of the float32 tiles
-spill registers in the causal pass-2 kernels at every block tried, C = 16 included (docs/kernels.md, "float32")."""
+GPU_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16, torch.float32)
+"""float32 on a GPU only for FLOAT32_KINDS and D = DV in FLOAT32_HEAD_DIMS (``float32_reason``)."""
+FLOAT32_KINDS: tuple[int, ...] = (KIND_NONE, KIND_ORTHOGONAL, KIND_PERMUTATION)
+FLOAT32_HEAD_DIMS: tuple[int, ...] = (64,)
+"""float32 inputs take 3xTF32 dots (``features._mm``): TF32 hi and lo copies of every float32 operand tile. At
+C = 32 (C = 16 for orthogonal on sm_90) these shapes compile without spills on sm_80 and sm_90; unitary (two
+D-wide tiles) and D = 128 spill in the causal pass-2 kernels at every block tried, C = 16 included
+(docs/kernels.md, "float32 inputs")."""
 
 
 @dataclass(frozen=True)
@@ -48,12 +59,28 @@ class LaunchConfig:
     block_w: int
     num_warps: int
     num_stages: int
+    chunk: int | None = None
+    """The chunk C the kernels run at; None: the caller's chunk_size. float32 on a GPU runs smaller chunks than
+    the caller's 64 (a tiling choice: the sums are the same)."""
+
+
+def float32_reason(kind: int, head_dim: int, value_dim: int) -> str | None:
+    """Why float32 inputs cannot run on a GPU for this KIND_* code and D, DV, or None when they can."""
+    if kind not in FLOAT32_KINDS:
+        names = {code: name for name, code in KIND_CODES.items()}
+        return (f"float32 on a GPU takes LRPE kinds {[names[c] for c in FLOAT32_KINDS]} (others spill registers), "
+                f"got {names.get(kind, kind)}")
+    if head_dim not in FLOAT32_HEAD_DIMS or value_dim not in FLOAT32_HEAD_DIMS:
+        return (f"float32 on a GPU takes D, DV in {FLOAT32_HEAD_DIMS} (wider ones spill registers), "
+                f"got D={head_dim}, DV={value_dim}")
+    return None
 
 
 def launch_config(kind: int, head_dim: int, value_dim: int, capability: int = 90,
-                  feature: int = FEATURE_ELU1) -> LaunchConfig:
+                  feature: int = FEATURE_ELU1, float32: bool = False) -> LaunchConfig:
     """Blocks for a KIND_* code, head dim D and value dim DV (each in HEAD_DIMS) on sm_<capability>, for
-    the FEATURE_* code ``feature``.
+    the FEATURE_* code ``feature``; ``float32``: for float32 inputs on a GPU (raises ValueError with
+    ``float32_reason`` outside the shapes it takes).
 
     sm_90 (wgmma, accumulators partly off the register file): the forward holds q~, k~ (C x W per tile,
     input dtype) and the state (W x BV per tile, float32) in registers; unitary (two D-wide tiles) takes
@@ -63,7 +90,17 @@ def launch_config(kind: int, head_dim: int, value_dim: int, capability: int = 90
     The identity feature map changes register allocation: permutation at D = 128 on sm_90 spills 12 B in
     the causal forward with two stages, none with three (or one); it takes three.
     Each choice is the smallest change that ``compile_check`` found free of spills.
+    float32 (3xTF32 dots: a float32 tile and its TF32 hi and lo copies) fits at none of these blocks at C = 64:
+    C = 32, BV = BW = 16 and one stage, 8 warps on sm_80 and 4 on sm_90 (8 spill a few bytes there), and
+    C = 16 for orthogonal on sm_90 (its C = 32 causal kernels spill 24-120 B at 4 or 8 warps).
     """
+    if float32:
+        reason = float32_reason(kind, head_dim, value_dim)
+        if reason:
+            raise ValueError(reason)
+        if capability < 90:
+            return LaunchConfig(16, 16, 8, 1, chunk=32)
+        return LaunchConfig(16, 16, 4, 1, chunk=16 if kind == KIND_ORTHOGONAL else 32)
     wide = max(head_dim, value_dim) > 64
     two_tiles = kind in (KIND_UNITARY, KIND_ORTHOGONAL)
     width = head_dim // 2 if kind == KIND_ORTHOGONAL else head_dim
@@ -119,8 +156,15 @@ def _capability(x: Tensor) -> int:
     return 10 * major + minor
 
 
-def check_supported(q: Tensor, k: Tensor, v: Tensor, chunk: int) -> None:
-    """Raise ValueError naming what the fused kernels cannot take (shapes, dtypes, chunk)."""
+def _float32_gpu(x: Tensor) -> bool:
+    """Whether x takes the float32 GPU launch configuration (float32 on CUDA; the interpreter runs float32 at
+    the half-precision blocks and the caller's chunk)."""
+    return x.device.type == "cuda" and x.dtype == torch.float32
+
+
+def check_supported(q: Tensor, k: Tensor, v: Tensor, chunk: int, kind: int | None = None) -> None:
+    """Raise ValueError naming what the fused kernels cannot take (shapes, dtypes, chunk); ``kind`` (a KIND_*
+    code; None: not checked) matters for float32 on a GPU."""
     if q.dim() != 4 or q.shape != k.shape or v.shape[:3] != q.shape[:3]:
         raise ValueError(f"q, k must be (B, H, N, D) and v (B, H, N, DV), got {tuple(q.shape)}, "
                          f"{tuple(k.shape)}, {tuple(v.shape)}")
@@ -135,6 +179,9 @@ def check_supported(q: Tensor, k: Tensor, v: Tensor, chunk: int) -> None:
     if on_gpu and _capability(q) < 80:
         raise ValueError(f"fused kernels need sm_80 or newer (compiled and checked for sm_80, sm_90), "
                          f"got sm_{_capability(q)}")
+    if _float32_gpu(q) and (reason := float32_reason(KIND_NONE if kind is None else kind, q.shape[-1],
+                                                     v.shape[-1])):
+        raise ValueError(reason)
     chunks = GPU_CHUNKS if on_gpu else INTERPRETER_CHUNKS
     if chunk not in chunks:
         raise ValueError(f"chunk_size must be one of {chunks} for the fused kernels here, got {chunk}")
@@ -215,7 +262,7 @@ def _segment_states(k: Tensor, v: Tensor, call: _Call, reverse: bool) -> Tensor:
     if call.causal and n_segs == 1:
         return torch.zeros(b * h, 1, tiles, tables.width, dv, dtype=torch.float32, device=k.device)
     local = torch.empty(b * h, n_segs, tiles, tables.width, dv, dtype=torch.float32, device=k.device)
-    cfg = launch_config(tables.kind, d, dv, _capability(k), call.feature)
+    cfg = launch_config(tables.kind, d, dv, _capability(k), call.feature, _float32_gpu(k))
     grid = (b * h, triton.cdiv(dv, cfg.block_v), n_segs)
     lrpe_linear_state[grid](k, v, local, *call.common(n, h), *call.tail(), D=d, DV=dv, BV=cfg.block_v,
                             **call.constexprs(), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
@@ -242,7 +289,7 @@ def _init_strides(init: Tensor) -> tuple[int, int]:
 def _launch_linear(q: Tensor, k: Tensor, v: Tensor, out: Tensor, init: Tensor, call: _Call, reverse: bool) -> None:
     b, h, n, d = q.shape
     dv = v.shape[-1]
-    cfg = launch_config(call.tables.kind, d, dv, _capability(q), call.feature)
+    cfg = launch_config(call.tables.kind, d, dv, _capability(q), call.feature, _float32_gpu(q))
     grid = (b * h, triton.cdiv(dv, cfg.block_v), num_segments(n, call.chunk, call.seg))
     lrpe_linear_fwd[grid](q, k, v, out, init, *call.common(n, h), *_init_strides(init), *call.tail(), D=d, DV=dv,
                           BV=cfg.block_v, CAUSAL=call.causal, REVERSE=reverse, **call.constexprs(),
@@ -253,7 +300,7 @@ def _launch_grad(a: Tensor, b_: Tensor, xf: Tensor, xg: Tensor, dxg: Tensor, ini
                  reverse: bool) -> None:
     b, h, n, d = xg.shape
     dv = a.shape[-1]
-    cfg = launch_config(call.tables.kind, d, dv, _capability(xg), call.feature)
+    cfg = launch_config(call.tables.kind, d, dv, _capability(xg), call.feature, _float32_gpu(xg))
     grid = (b * h, triton.cdiv(call.tables.width, cfg.block_w), num_segments(n, call.chunk, call.seg))
     lrpe_linear_bwd_qk[grid](a, b_, xf, xg, dxg, init, *call.common(n, h), *_init_strides(init), *call.tail(),
                              D=d, DV=dv, BW=cfg.block_w, CAUSAL=call.causal, REVERSE=reverse, **call.constexprs(),
@@ -271,7 +318,9 @@ def fused_lrpe_linear_attention(q: Tensor, k: Tensor, v: Tensor, positional: LRP
     columns cannot: P phi(q) and P phi(k) are computed in torch (float32, gradients through autograd, a
     learned P's included) and written once at width D, then the kernels apply Lambda^s with the identity map.
     segment_chunks: chunks per segment of the segment-parallel passes; None (the default) takes
-    ``default_segment_chunks(N, chunk_size, B H x value blocks)`` (an override exists for tests and tuning).
+    ``default_segment_chunks(N, chunk_size, B H x value blocks)`` (an override exists for tests and tuning),
+    counted in the chunks the kernels run: float32 on a GPU runs C = 32 (16 for orthogonal on sm_90) whatever
+    chunk_size says (``launch_config``; D = DV = 64 and the kinds of FLOAT32_KINDS only).
     feature_map: "elu1" (phi = 1 + elu, applied in the kernels) or "identity" (phi(x) = x: q and k are
     features already mapped by the caller; the kernels apply only the LRPE transform).
     Returns (B, H, N, DV) in v's dtype. Raises ValueError for anything the kernels do not take.
@@ -279,19 +328,21 @@ def fused_lrpe_linear_attention(q: Tensor, k: Tensor, v: Tensor, positional: LRP
     if feature_map not in FEATURE_CODES:
         raise ValueError(f"feature_map must be one of {sorted(FEATURE_CODES)} for the fused kernels, "
                          f"got {feature_map!r}")
-    check_supported(q, k, v, chunk_size)
+    check_supported(q, k, v, chunk_size, KIND_CODES["none" if positional is None else positional.kind])
     if positional is not None and positional.head_dim != q.shape[-1]:
         raise ValueError(f"positional head_dim {positional.head_dim} != D = {q.shape[-1]}")
     if positional is not None and positional.p_name != "identity":
         phi = elu1 if feature_map == "elu1" else (lambda x: x)
         q, k = (positional.p(phi(x.to(torch.float32))).to(x.dtype) for x in (q, k))
         feature_map = "identity"
-    tables = build_tables(positional, q.shape[-1], q.shape[-2], offset, chunk_size, q.device)
     b, h, n, d = q.shape
     feature = FEATURE_CODES[feature_map]
+    kind = KIND_CODES["none" if positional is None else positional.kind]
+    cfg = launch_config(kind, d, v.shape[-1], _capability(q), feature, _float32_gpu(q))
+    chunk_size = cfg.chunk or chunk_size
+    tables = build_tables(positional, d, n, offset, chunk_size, q.device)
     if segment_chunks is None:
-        block_v = launch_config(tables.kind, d, v.shape[-1], _capability(q), feature).block_v
-        segment_chunks = default_segment_chunks(n, chunk_size, b * h * triton.cdiv(v.shape[-1], block_v))
+        segment_chunks = default_segment_chunks(n, chunk_size, b * h * triton.cdiv(v.shape[-1], cfg.block_v))
     if segment_chunks < 1:
         raise ValueError(f"segment_chunks must be >= 1, got {segment_chunks}")
     call = _Call(tables, causal, offset, chunk_size, segment_chunks, feature)
