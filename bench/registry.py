@@ -27,7 +27,7 @@ from baselines.spe import ConvSPE, SineSPE
 from bench.config import BenchConfig
 from bench.variant import AttentionSpec, Variant, always_available, supports_everything
 from lrpe import P_CHOICES, LinearAttentionCore
-from lrpe.kernels.dispatch import FUSED_HEAD_DIMS, fused_availability
+from lrpe.kernels.dispatch import FUSED_HEAD_DIMS, float32_reason, fused_availability
 
 ROPE_LAYOUT = "half"
 """RoPE variants use the half-split (GPT-NeoX) layout; LRPE-orthogonal with P = identity is the
@@ -50,13 +50,20 @@ def _fused_head_dim(config: BenchConfig) -> str | None:
     return None if config.d in FUSED_HEAD_DIMS else f"the fused kernels take head dim {FUSED_HEAD_DIMS}, got {config.d}"
 
 
+def _fused_check(pe: str) -> Callable[[BenchConfig], str | None]:
+    """Head dims, and for float32 the kinds and head dims the kernels take in float32 (lrpe.kernels.dispatch)."""
+    kind = pe.removeprefix("lrpe-")
+    return lambda config: _fused_head_dim(config) or (
+        float32_reason(kind, config.d, config.d) if config.dtype == "float32" else None)
+
+
 def _linear_check(pe: str, backend: str) -> Callable[[BenchConfig], str | None]:
     """The limits of a linear variant: pairwise rotation needs an even D; the suite's fused kernels take the
     head dims they were built for; fla's kernel is probed with the key width its encoding gives (2 D for
     LRPE-unitary, R for SPE)."""
     needs_even = pe in ("lrpe-orthogonal", "rope")
     if backend == "triton":
-        return _fused_head_dim
+        return _fused_check(pe)
     if backend != "fla":
         return _even_head_dim if needs_even else supports_everything
     key_width = _key_width(pe)
@@ -165,7 +172,7 @@ LINEAR_BACKENDS: dict[str, dict] = {
             "probe": fla_availability, "causal": (True,), "dtypes": ("float32", "bfloat16", "float16"),
             "about": "flash-linear-attention chunk_linear_attn (Triton); positional transform unfused"},
     "triton": {"impl": "triton", "time": "linear", "memory": "linear", "devices": ("cuda",),
-               "probe": fused_availability, "causal": (True, False), "dtypes": ("bfloat16", "float16"),
+               "probe": fused_availability, "causal": (True, False), "dtypes": ("bfloat16", "float16", "float32"),
                "about": f"lrpe.kernels: 1 + elu and LRPE fused into Triton kernels, C = {CHUNK_SIZE}, float32 state"},
 }
 

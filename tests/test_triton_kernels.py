@@ -243,7 +243,7 @@ def test_float32_gpu_refuses_other_shapes(kernels, monkeypatch):
         kernels.launch_config(kernels.KIND_CODES["unitary"], 64, 64, 80, float32=True)
     # Half inputs keep their blocks and the caller's chunk; float32 in the interpreter too.
     assert kernels.launch_config(kernels.KIND_CODES["none"], 64, 64, 90).chunk is None
-    assert kernels.float32_reason(kernels.KIND_CODES["permutation"], 64, 64) is None
+    assert kernels.float32_reason("permutation", 64, 64) is None
 
 
 @in_child
@@ -393,6 +393,26 @@ def test_functional_forced_impl_on_cpu_says_it_needs_cuda():
     with pytest.raises(ValueError, match=r"unknown impl 'fused'; allowed: \['quadratic', 'recurrent', 'chunked', "
                                          r"'auto', 'triton'\]"):
         linear_attention(q, k, v, impl="fused")
+
+
+@pytest.mark.skipif(INTERPRETING, reason="checks the registry in the parent process")
+def test_registry_marks_float32_shapes_the_kernels_refuse():
+    # The *@triton variants take float32; a sweep config the kernels refuse in float32 is "unsupported" with
+    # the kernels' own reason (bench/registry.py asks lrpe.kernels.dispatch.float32_reason), not an error row.
+    from bench.config import BenchConfig
+    from bench.registry import all_variants
+
+    variants = all_variants()
+    assert "float32" in variants["linear@triton"].dtypes
+
+    def check(name: str, d: int, dtype: str) -> str | None:
+        return variants[name].check(BenchConfig(variant=name, n=1024, d=d, dtype=dtype))
+
+    for name in ("linear@triton", "linear-lrpe-orthogonal@triton", "linear-lrpe-permutation-householder@triton"):
+        assert check(name, 64, "float32") is None and check(name, 128, "bfloat16") is None
+        assert "got D=128, DV=128" in check(name, 128, "float32")
+    assert "got unitary" in check("linear-lrpe-unitary@triton", 64, "float32")
+    assert check("linear-lrpe-unitary@triton", 64, "float16") is None
 
 
 on_gpu = pytest.mark.skipif(INTERPRETING or not torch.cuda.is_available(),

@@ -28,7 +28,8 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, make_backend
 from triton.compiler import compile as triton_compile
 
-from lrpe.kernels.function import FEATURE_CODES, LaunchConfig, float32_reason, launch_config
+from lrpe.kernels.dispatch import float32_reason
+from lrpe.kernels.function import FEATURE_CODES, LaunchConfig, launch_config
 from lrpe.kernels.linear_attn_bwd import lrpe_linear_bwd_qk
 from lrpe.kernels.linear_attn_fwd import lrpe_linear_fwd
 from lrpe.kernels.linear_attn_state import lrpe_linear_state
@@ -62,7 +63,7 @@ def shipped_configs(dtypes: tuple[str, ...] = ("bf16", "fp16", "fp32"),
     return [Config(kernel, kind, d, None if kernel in UNMASKED else causal, dtype, feature)
             for feature, kernel, kind, d, causal, dtype in itertools.product(features, KERNELS, KIND_CODES,
                                                                              (64, 128), (True, False), dtypes)
-            if (kernel not in UNMASKED or causal) and (dtype != "fp32" or not float32_reason(KIND_CODES[kind], d, d))]
+            if (kernel not in UNMASKED or causal) and (dtype != "fp32" or not float32_reason(kind, d, d))]
 
 
 def _source(cfg: Config, capability: int) -> tuple[ASTSource, LaunchConfig]:

@@ -36,6 +36,23 @@ from lrpe.feature_maps import elu1
 FUSED_IMPLS: tuple[str, ...] = FORCED_FUSED
 FUSED_HEAD_DIMS: tuple[int, ...] = (64, 128)
 """D and DV the kernels take: the ones compile_check covers (D = 16 orthogonal would make 8-wide dots)."""
+FLOAT32_KINDS: tuple[str, ...] = ("none", "orthogonal", "permutation")
+FLOAT32_HEAD_DIMS: tuple[int, ...] = (64,)
+"""float32 inputs on a GPU: these positional kinds at D = DV in FLOAT32_HEAD_DIMS. Their 3xTF32 dots hold TF32 hi
+and lo copies of every float32 operand tile; at C = 32 (16 for orthogonal on sm_90) these shapes compile without
+spills for sm_80 and sm_90, while unitary (two D-wide tiles) and D = 128 spill in the causal pass-2 kernels at
+every block tried, C = 16 included (docs/kernels.md, "float32 inputs")."""
+
+
+def float32_reason(kind: str, head_dim: int, value_dim: int) -> str | None:
+    """Why float32 inputs cannot run the kernels on a GPU for positional kind ``kind`` ("none" or an LRPE kind)
+    and D, DV, or None when they can."""
+    if kind not in FLOAT32_KINDS:
+        return f"float32 on a GPU takes LRPE kinds {list(FLOAT32_KINDS)} (others spill registers), got {kind}"
+    if head_dim not in FLOAT32_HEAD_DIMS or value_dim not in FLOAT32_HEAD_DIMS:
+        return (f"float32 on a GPU takes D, DV in {FLOAT32_HEAD_DIMS} (wider ones spill registers), "
+                f"got D={head_dim}, DV={value_dim}")
+    return None
 
 
 def triton_reason() -> str | None:

@@ -19,7 +19,7 @@ from triton.runtime import JITFunction
 
 from lrpe.encoding import LRPE
 from lrpe.feature_maps import elu1
-from lrpe.kernels.dispatch import FUSED_HEAD_DIMS
+from lrpe.kernels.dispatch import FUSED_HEAD_DIMS, float32_reason
 from lrpe.kernels.features import (
     FEATURE_ELU1,
     FEATURE_IDENTITY,
@@ -41,13 +41,8 @@ INTERPRETED: bool = not isinstance(lrpe_linear_fwd, JITFunction)  # an Interpret
 """Whether these kernels were defined under TRITON_INTERPRET=1 (they then run on CPU tensors)."""
 DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16, torch.float32)
 GPU_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16, torch.float32)
-"""float32 on a GPU only for FLOAT32_KINDS and D = DV in FLOAT32_HEAD_DIMS (``float32_reason``)."""
-FLOAT32_KINDS: tuple[int, ...] = (KIND_NONE, KIND_ORTHOGONAL, KIND_PERMUTATION)
-FLOAT32_HEAD_DIMS: tuple[int, ...] = (64,)
-"""float32 inputs take 3xTF32 dots (``features._mm``): TF32 hi and lo copies of every float32 operand tile. At
-C = 32 (C = 16 for orthogonal on sm_90) these shapes compile without spills on sm_80 and sm_90; unitary (two
-D-wide tiles) and D = 128 spill in the causal pass-2 kernels at every block tried, C = 16 included
-(docs/kernels.md, "float32 inputs")."""
+"""float32 on a GPU only for the kinds and head dims ``dispatch.float32_reason`` admits."""
+KIND_NAMES: dict[int, str] = {code: name for name, code in KIND_CODES.items()}
 
 
 @dataclass(frozen=True)
@@ -64,16 +59,6 @@ class LaunchConfig:
     the caller's 64 (a tiling choice: the sums are the same)."""
 
 
-def float32_reason(kind: int, head_dim: int, value_dim: int) -> str | None:
-    """Why float32 inputs cannot run on a GPU for this KIND_* code and D, DV, or None when they can."""
-    if kind not in FLOAT32_KINDS:
-        names = {code: name for name, code in KIND_CODES.items()}
-        return (f"float32 on a GPU takes LRPE kinds {[names[c] for c in FLOAT32_KINDS]} (others spill registers), "
-                f"got {names.get(kind, kind)}")
-    if head_dim not in FLOAT32_HEAD_DIMS or value_dim not in FLOAT32_HEAD_DIMS:
-        return (f"float32 on a GPU takes D, DV in {FLOAT32_HEAD_DIMS} (wider ones spill registers), "
-                f"got D={head_dim}, DV={value_dim}")
-    return None
 
 
 def launch_config(kind: int, head_dim: int, value_dim: int, capability: int = 90,
@@ -95,7 +80,7 @@ def launch_config(kind: int, head_dim: int, value_dim: int, capability: int = 90
     C = 16 for orthogonal on sm_90 (its C = 32 causal kernels spill 24-120 B at 4 or 8 warps).
     """
     if float32:
-        reason = float32_reason(kind, head_dim, value_dim)
+        reason = float32_reason(KIND_NAMES[kind], head_dim, value_dim)
         if reason:
             raise ValueError(reason)
         if capability < 90:
@@ -179,7 +164,7 @@ def check_supported(q: Tensor, k: Tensor, v: Tensor, chunk: int, kind: int | Non
     if on_gpu and _capability(q) < 80:
         raise ValueError(f"fused kernels need sm_80 or newer (compiled and checked for sm_80, sm_90), "
                          f"got sm_{_capability(q)}")
-    if _float32_gpu(q) and (reason := float32_reason(KIND_NONE if kind is None else kind, q.shape[-1],
+    if _float32_gpu(q) and (reason := float32_reason(KIND_NAMES[KIND_NONE if kind is None else kind], q.shape[-1],
                                                      v.shape[-1])):
         raise ValueError(reason)
     chunks = GPU_CHUNKS if on_gpu else INTERPRETER_CHUNKS
@@ -320,7 +305,7 @@ def fused_lrpe_linear_attention(q: Tensor, k: Tensor, v: Tensor, positional: LRP
     segment_chunks: chunks per segment of the segment-parallel passes; None (the default) takes
     ``default_segment_chunks(N, chunk_size, B H x value blocks)`` (an override exists for tests and tuning),
     counted in the chunks the kernels run: float32 on a GPU runs C = 32 (16 for orthogonal on sm_90) whatever
-    chunk_size says (``launch_config``; D = DV = 64 and the kinds of FLOAT32_KINDS only).
+    chunk_size says (``launch_config``; D = DV = 64 and the kinds of ``dispatch.FLOAT32_KINDS`` only).
     feature_map: "elu1" (phi = 1 + elu, applied in the kernels) or "identity" (phi(x) = x: q and k are
     features already mapped by the caller; the kernels apply only the LRPE transform).
     Returns (B, H, N, DV) in v's dtype. Raises ValueError for anything the kernels do not take.
