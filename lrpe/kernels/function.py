@@ -59,8 +59,6 @@ class LaunchConfig:
     the caller's 64 (a tiling choice: the sums are the same)."""
 
 
-
-
 def launch_config(kind: int, head_dim: int, value_dim: int, capability: int = 90,
                   feature: int = FEATURE_ELU1, float32: bool = False) -> LaunchConfig:
     """Blocks for a KIND_* code, head dim D and value dim DV (each in HEAD_DIMS) on sm_<capability>, for
