@@ -5,10 +5,10 @@
 - "chunked": chunks of C rows; inside a chunk the masked C x C scores, across chunks the prefix of per-chunk
   states. Time O(N C D + N D Dv), memory O(N D + (N/C) D Dv); no (N, D, Dv) tensor.
 - "auto" (the default): the fused Triton kernels (``lrpe.kernels``, feature map "identity") for the numerator
-  on CUDA tensors they take (bfloat16/float16, Dk and Dv in 64/128, chunk_size 64, no state), the denominator
-  in torch; "chunked" otherwise. "triton" forces the kernels and raises ValueError with the reason where they
-  cannot run. The kernels feed their dots half-precision operands (float32 accumulation and state), as fla
-  does; the torch forms compute in float32.
+  on CUDA tensors they take (bfloat16/float16 with Dk and Dv in 64/128, float32 at 64; chunk_size 64; no
+  state), the denominator in torch; "chunked" otherwise. "triton" forces the kernels and raises ValueError
+  with the reason where they cannot run. The kernels feed their dots operands in the input dtype (float32
+  through 3xTF32) with float32 accumulation and state, as fla does; the torch forms compute in float32.
 
 Shapes: q, k (B, H, N, Dk), v (B, H, N, Dv); Dk may differ from Dv. The causal mask keeps key t for query s
 when t <= s. Normalised attention divides row s by ``sum_{t<=s} q_s . k_t + eps`` (all t when not causal);
