@@ -2,7 +2,7 @@
 
 On a GPU it runs, in one go: the whole test suite (its CUDA tests included), the equivalence table of every GPU
 backend against its oracle (forward and gradients, with max errors), a short sweep through both front ends whose
-medians must agree with an independent timer within 10% (``triton.testing.do_bench`` on a GPU,
+timings must agree with an independent timer within 10% (``triton.testing.do_bench`` on a GPU,
 ``torch.utils.benchmark.Timer`` on a CPU), the peak-memory check and the NVML telemetry check. On a CPU it runs
 the same checks; those that need a GPU say ``unavailable`` with the reason (FlexAttention's CPU equivalence,
 which compiles per shape, is ``skipped`` there). It ends with one table and exits 1 when anything failed.
@@ -26,7 +26,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 AGREEMENT = 0.10
-"""Largest relative difference allowed between a front end's median and the independent timer's."""
+"""Largest relative difference allowed between a front end's timing and the independent timer's
+(``CHECK_STATISTIC``)."""
 MEMORY_TOLERANCE = 0.05
 CHECK_STATUSES = ("pass", "fail", "unavailable", "skipped")
 CPU_SKIPPED_BACKENDS = ("flex",)
@@ -114,9 +115,11 @@ def check_equivalence(device: str) -> list[Check]:
 
 # ---- 3. both front ends against an independent timer ---------------------------------------------------------
 
-FRONT_END_ATTEMPTS = 3
+FRONT_END_ATTEMPTS = 5
 """A front end passes when one attempt agrees with the independent timer: a systematic accounting error (a
-missed synchronisation, setup inside the timed region) fails every attempt, a neighbour's load only one."""
+missed synchronisation, setup inside the timed region) fails every attempt, a neighbour's load only some. On
+this shared 2-core machine whole seconds run ~40% slow (the independent timer's fastest block read 9.1 ms
+and 13.5 ms minutes apart), and about one attempt in three met such a stretch (2026-11-23)."""
 CPU_CHECK_THREADS = 1
 """Torch threads for the CPU front-end check, as for the gate (docs/gates.md): with two threads on a shared
 2-core machine back-to-back medians of one call moved by 5.3 vs 7.6 ms (selfcheck, 2026-11-23), with one by
@@ -138,8 +141,16 @@ def _selfcheck_preset(device: str, directory: Path) -> Path:
     return path
 
 
+CHECK_STATISTIC = {"cpu": ("time_min_ms", "min"), "cuda": ("time_median_ms", "median")}
+"""What the front-end check compares, per device: on a shared CPU another tenant's work only ever adds time,
+and a median taken while it runs moved 50% between adjacent measurements (CI, 2026-11-23: pytest's median
+14.9 ms between two 9.6-9.9 ms independent medians), so the CPU check compares the fastest call, which an
+accounting error (setup inside the timed region, a call counted twice) moves as much as the median. The
+GPU's medians are stable: the check compares them."""
+
+
 def _independent_ms(config, variant, seed: int) -> tuple[float, str]:
-    """The median of the same workload by a timer the suite does not use for its rows."""
+    """The ``CHECK_STATISTIC`` of the same workload by a timer the suite does not use for its rows."""
     from bench.sweep.executor import make_inputs, make_workload
 
     core = variant.build(config, seed=seed)
@@ -148,7 +159,7 @@ def _independent_ms(config, variant, seed: int) -> tuple[float, str]:
     if config.device == "cuda":
         from triton.testing import do_bench
 
-        return float(do_bench(fn, warmup=100, rep=500, return_mode="median")), "triton.testing.do_bench"
+        return float(do_bench(fn, warmup=100, rep=500, return_mode="median")), "triton.testing.do_bench median"
     from torch.utils.benchmark import Timer
 
     from bench.measure.allocator import timing_regime
@@ -158,7 +169,8 @@ def _independent_ms(config, variant, seed: int) -> tuple[float, str]:
         fn()
         timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
         measurement = timer.blocked_autorange(min_run_time=1.0)
-    return measurement.median * 1e3, "torch.utils.benchmark.Timer.blocked_autorange"
+    # The fastest block's mean per call: at ~10 ms a call, blocks of a few calls.
+    return min(measurement.times) * 1e3, "torch.utils.benchmark.Timer.blocked_autorange, fastest block"
 
 
 def _independent_all(planned, seed: int) -> dict[str, float]:
@@ -204,9 +216,9 @@ def _front_end_attempt(preset: Path, directory: Path, attempt: int) -> tuple[lis
 
 def check_front_ends(device: str) -> list[Check]:
     """A short sweep through ``python -m bench run``'s path and through ``pytest bench/ --benchmark``; each
-    median must be within AGREEMENT of an independent timer's median of the same workload, taken just before
+    ``CHECK_STATISTIC`` must be within AGREEMENT of an independent timer's of the same workload, taken just before
     and just after it (their mean), in one of FRONT_END_ATTEMPTS attempts. CPU: CPU_CHECK_THREADS threads."""
-    how = "triton.testing.do_bench" if device == "cuda" else "torch.utils.benchmark.Timer"
+    how = "triton.testing.do_bench median" if device == "cuda" else "torch.utils.benchmark.Timer, fastest block"
     threads = torch.get_num_threads()
     if device == "cpu":
         torch.set_num_threads(CPU_CHECK_THREADS)
@@ -240,10 +252,11 @@ def _front_end_verdict(name: str, rows: dict | str, key: str, brackets: dict, ho
         return Check("front ends", name, "fail", f"no ok row: {row and row['status']}: {row and row['reason']}")
     before, after = brackets[key]
     independent = (before + after) / 2
-    ratio = row["time_median_ms"] / independent
+    column, word = CHECK_STATISTIC[row.get("device") or "cpu"]
+    ratio = row[column] / independent
     status = "pass" if abs(ratio - 1) <= AGREEMENT else "fail"
     return Check("front ends", name, status,
-                 f"{row['time_median_ms']:.3f} ms ({row['timer']}) vs {independent:.3f} ms ({how}, mean of "
+                 f"{word} {row[column]:.3f} ms ({row['timer']}) vs {independent:.3f} ms ({how}, mean of "
                  f"{before:.3f} before and {after:.3f} after): ratio {ratio:.3f}, allowed 1 +- {AGREEMENT:.2f} "
                  f"(attempt {attempt} of at most {FRONT_END_ATTEMPTS}; torch threads: {torch.get_num_threads()})")
 

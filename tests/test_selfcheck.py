@@ -23,11 +23,16 @@ def test_unknown_group_and_status_are_refused():
 
 
 def test_front_end_verdict_compares_with_the_mean_of_the_brackets_and_names_a_missing_row():
+    # On CPU the fastest call is compared (CHECK_STATISTIC): the median (30 ms) would fail here.
     from bench.selfcheck import AGREEMENT, _front_end_verdict
 
-    row = {"status": "ok", "time_median_ms": 10.0, "timer": "perf_counter", "reason": ""}
+    row = {"status": "ok", "device": "cpu", "time_min_ms": 10.0, "time_median_ms": 30.0, "timer": "perf_counter",
+           "reason": ""}
     inside = _front_end_verdict("x", {"k": row}, "k", {"k": (9.5, 10.5)}, "Timer", 1)
     assert inside.status == "pass" and "mean of 9.500 before and 10.500 after" in inside.detail
+    assert inside.detail.startswith("min 10.000 ms")
+    on_gpu = _front_end_verdict("x", {"k": {**row, "device": "cuda"}}, "k", {"k": (9.5, 10.5)}, "do_bench", 1)
+    assert on_gpu.status == "fail" and on_gpu.detail.startswith("median 30.000 ms")
     off = 10.0 / (1 - AGREEMENT) * 1.02  # both brackets agree with each other, the front end is off
     outside = _front_end_verdict("x", {"k": row}, "k", {"k": (off, off)}, "Timer", 2)
     assert outside.status == "fail" and "attempt 2" in outside.detail
