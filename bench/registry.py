@@ -173,7 +173,8 @@ LINEAR_BACKENDS: dict[str, dict] = {
             "about": "flash-linear-attention chunk_linear_attn (Triton); positional transform unfused"},
     "triton": {"impl": "triton", "time": "linear", "memory": "linear", "devices": ("cuda",),
                "probe": fused_availability, "causal": (True, False), "dtypes": ("bfloat16", "float16", "float32"),
-               "about": f"lrpe.kernels: 1 + elu and LRPE fused into Triton kernels, C = {CHUNK_SIZE}, float32 state"},
+               "about": f"lrpe.kernels: 1 + elu and LRPE fused into Triton kernels, C = {CHUNK_SIZE} (float32: 32), "
+                        "float32 state"},
 }
 
 

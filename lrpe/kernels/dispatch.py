@@ -11,7 +11,7 @@ The kernels compute: feature map 1 + elu, no qk_transform, positional "none" or 
 through this call; a P other than identity runs in torch before the kernels, see
 ``fused_lrpe_linear_attention``), normalize=False, no state in or out, offset >= 0, one dtype of
 bfloat16/float16/float32 for q, k, v on an sm_80+ GPU (float32 there only at D = DV = 64 and positional "none",
-orthogonal or permutation: ``function.float32_reason``), D and DV in (64, 128), chunk_size 64 (16 and 32 too
+orthogonal or permutation: ``float32_reason`` below), D and DV in (64, 128), chunk_size 64 (16 and 32 too
 under the interpreter).
 
 ``lrpe.linear_attention`` gets already feature-mapped q, k: its numerator runs the kernels with feature map
