@@ -49,6 +49,14 @@ def _dphi(x, FEATURE: tl.constexpr):
 
 
 @triton.jit
+def _table_offsets(bh, H, angle_heads, perm_heads, n_chunks, W: tl.constexpr, C: tl.constexpr, D: tl.constexpr):
+    """(coarse, fine, permutation) offsets of program row ``bh`` (batch x head) into the position tables, which
+    are shared (their heads = 1: offset 0) or per head (heads = H)."""
+    h = bh % H
+    return (h % angle_heads) * n_chunks * W, (h % angle_heads) * C * W, (h % perm_heads) * D
+
+
+@triton.jit
 def _phasors(COS_C, SIN_C, COS_F, SIN_F, c, coarse_off, fine_off, f, W: tl.constexpr, C: tl.constexpr):
     """cos and sin (C, len(f)) of the chunk c's positions for the angle columns f: coarse (chunk start) times
     fine (row in chunk), tables of row length W."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from lrpe.kernels.features import _features, _mm, _store_feature_grad
+from lrpe.kernels.features import _features, _mm, _store_feature_grad, _table_offsets
 
 
 @triton.jit
@@ -35,10 +35,7 @@ def lrpe_linear_bwd_qk(A, B, XF, XG, DXG, INIT, COS_C, SIN_C, COS_F, SIN_F, MEMB
     wb = tl.program_id(1)
     seg = tl.program_id(2)
     dt = A.dtype.element_ty
-    h = bh % H
-    coarse_off = (h % angle_heads) * n_chunks * W
-    fine_off = (h % angle_heads) * C * W
-    perm_off = (h % perm_heads) * D
+    coarse_off, fine_off, perm_off = _table_offsets(bh, H, angle_heads, perm_heads, n_chunks, W, C, D)
     xf_base, xg_base, dxg_base = XF + bh * n * D, XG + bh * n * D, DXG + bh * n * D
     a_base, b_base = A + bh * n * DV, B + bh * n * DV
     i = tl.arange(0, C)

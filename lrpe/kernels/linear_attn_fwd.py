@@ -21,7 +21,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from lrpe.kernels.features import _features, _mm
+from lrpe.kernels.features import _features, _mm, _table_offsets
 
 
 @triton.jit
@@ -34,11 +34,7 @@ def lrpe_linear_fwd(Q, K, V, OUT, INIT, COS_C, SIN_C, COS_F, SIN_F, MEMBERS, STA
     vb = tl.program_id(1)
     seg = tl.program_id(2)
     dt = V.dtype.element_ty
-    # Tables are shared (heads = 1: offset 0) or per head (heads = H).
-    h = bh % H
-    coarse_off = (h % angle_heads) * n_chunks * W
-    fine_off = (h % angle_heads) * C * W
-    perm_off = (h % perm_heads) * D
+    coarse_off, fine_off, perm_off = _table_offsets(bh, H, angle_heads, perm_heads, n_chunks, W, C, D)
     q_base, k_base = Q + bh * n * D, K + bh * n * D
     v_base, o_base = V + bh * n * DV, OUT + bh * n * DV
     cols = vb * BV + tl.arange(0, BV)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from lrpe.kernels.features import _features, _mm
+from lrpe.kernels.features import _features, _mm, _table_offsets
 
 
 @triton.jit
@@ -30,10 +30,7 @@ def lrpe_linear_state(K, V, STATE, COS_C, SIN_C, COS_F, SIN_F, MEMBERS, START, P
     seg = tl.program_id(2)
     n_segs = tl.num_programs(2)
     dt = V.dtype.element_ty
-    h = bh % H
-    coarse_off = (h % angle_heads) * n_chunks * W
-    fine_off = (h % angle_heads) * C * W
-    perm_off = (h % perm_heads) * D
+    coarse_off, fine_off, perm_off = _table_offsets(bh, H, angle_heads, perm_heads, n_chunks, W, C, D)
     k_base, v_base = K + bh * n * D, V + bh * n * DV
     cols = vb * BV + tl.arange(0, BV)
     cmask = cols < DV
