@@ -1,7 +1,14 @@
 """Fixtures shared by the unit tests."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -12,3 +19,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def fresh_python():
+    """``run(script, *args, env=None, cwd=None, timeout=120) -> stdout``: ``python -c script args`` in a fresh
+    process with this checkout importable and ``env`` added to the environment, for tests that need a heap or
+    an allocator with no history; a non-zero exit fails the test with the tail of its stderr."""
+    def run(script: str, *args: object, env: dict | None = None, cwd: Path | None = None,
+            timeout: float = 120) -> str:
+        result = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True,
+                                env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})}, cwd=cwd,
+                                timeout=timeout, check=False)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout
+
+    return run

@@ -7,9 +7,6 @@ faults a freed-and-reallocated block takes, in a fresh process whose allocator h
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +14,6 @@ import pytest
 from bench.measure import allocator
 from bench.measure.allocator import MEMORY, RESTING, TIMING, MallocInfo, malloc_info, regime_record
 
-REPO = Path(__file__).resolve().parents[1]
 JEMALLOC = Path("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
 glibc_only = pytest.mark.skipif(not malloc_info().is_glibc, reason="malloc here is not glibc's")
 
@@ -61,18 +57,14 @@ print(json.dumps(out))
 """
 
 
-def run_probe(env_extra: dict | None = None) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(REPO), **(env_extra or {})}
-    result = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, timeout=120,
-                            check=False)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+def run_probe(fresh_python) -> dict:
+    return json.loads(fresh_python(PROBE).strip().splitlines()[-1])
 
 
 @glibc_only
-def test_each_regime_does_what_it_says_and_is_restored():
+def test_each_regime_does_what_it_says_and_is_restored(fresh_python):
     pages_64mib, pages_1mib = 64 * 2**20 // 4096, 2**20 // 4096
-    out = run_probe()
+    out = run_probe(fresh_python)
     assert out["timing_label"] == TIMING.label()
     # the memory pass's regime: every 1 MiB block is its own mmap, each page faulted anew
     assert out["memory_1MiB"] >= 0.95 * pages_1mib and out["nested_memory_1MiB"] >= 0.95 * pages_1mib, out
@@ -115,13 +107,10 @@ def test_another_malloc_is_not_managed(monkeypatch):
 
 
 @pytest.mark.skipif(not JEMALLOC.exists(), reason=f"{JEMALLOC} not installed (apt install libjemalloc2)")
-def test_preloaded_jemalloc_is_detected_and_recorded():
+def test_preloaded_jemalloc_is_detected_and_recorded(fresh_python):
     script = ("import json; from bench.measure import allocator\n"
               "with allocator.timing_regime() as label: pass\n"
               "print(json.dumps({'label': label, 'record': allocator.regime_record()}))\n")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "LD_PRELOAD": str(JEMALLOC)}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120,
-                            check=True)
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    out = json.loads(fresh_python(script, env={"LD_PRELOAD": str(JEMALLOC)}).strip().splitlines()[-1])
     assert out["label"].startswith(f"jemalloc from {JEMALLOC} (LD_PRELOAD): not managed")
     assert out["record"]["malloc"]["kind"] == "jemalloc" and out["record"]["env"]["LD_PRELOAD"] == str(JEMALLOC)

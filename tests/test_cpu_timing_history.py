@@ -20,9 +20,6 @@ config alone in a fresh process is slower in every attempt, so no number of atte
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -79,22 +76,18 @@ print(json.dumps(out))
 """
 
 
-def run_scenarios(tmp_path: Path) -> dict:
+def run_scenarios(fresh_python, tmp_path: Path) -> dict:
     """One fresh process running the three scenarios; their measurements by scenario name."""
-    spec = REPO / "tests" / "data" / "tiny.toml"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, "-c", SCRIPT, str(spec)], capture_output=True, text=True, env=env,
-                            cwd=tmp_path, timeout=300, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    stdout = fresh_python(SCRIPT, REPO / "tests" / "data" / "tiny.toml", cwd=tmp_path, timeout=300)
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.slow
-def test_same_config_times_alike_alone_after_a_heavy_config_and_in_a_multi_variant_run(tmp_path):
+def test_same_config_times_alike_alone_after_a_heavy_config_and_in_a_multi_variant_run(fresh_python, tmp_path):
     attempts: list[dict] = []
     best: dict[str, float] = {}
     for _ in range(ATTEMPTS):
-        measured = run_scenarios(tmp_path)
+        measured = run_scenarios(fresh_python, tmp_path)
         attempts.append(measured)
         for name, m in measured.items():
             best[name] = min(best.get(name, float("inf")), m["min_group_median_ms"])

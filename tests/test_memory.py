@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,7 +17,6 @@ from bench.measure.memory import (
 )
 
 MiB = 2**20
-REPO = Path(__file__).resolve().parents[1]
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 needs_clear_refs = pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK),
                                       reason="/proc/self/clear_refs is not writable here")
@@ -60,7 +56,7 @@ def test_peak_is_correct_after_heap_reuse_outside_measurements():
 
 
 @needs_clear_refs
-def test_peak_is_correct_after_a_failed_allocation_moved_the_thread_to_another_arena():
+def test_peak_is_correct_after_a_failed_allocation_moved_the_thread_to_another_arena(fresh_python):
     # A fresh process, so that the failed allocation is the only history. Once a malloc fails while other
     # threads exist, glibc moves the calling thread to another arena for good (arena_get_retry); that
     # arena's top stays resident after blocks freed into it, and malloc_trim(0) does not trim it: the next
@@ -81,12 +77,10 @@ def test_peak_is_correct_after_a_failed_allocation_moved_the_thread_to_another_a
         "        fn()\n"
         "    print(mib, measure_peak_bytes(fn, 'cpu'), measure_peak_bytes(fn, 'cpu'))\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                            check=True, timeout=120)
-    lines = [[int(v) for v in line.split()] for line in result.stdout.splitlines()[-3:]]
+    stdout = fresh_python(script)
+    lines = [[int(v) for v in line.split()] for line in stdout.splitlines()[-3:]]
     readings = {mib: [peak / MiB for peak in peaks] for mib, *peaks in lines}
-    assert sorted(readings) == [8, 16, 24], result.stdout
+    assert sorted(readings) == [8, 16, 24], stdout
     for mib, peaks in readings.items():
         for peak in peaks:
             assert abs(peak - mib) < 0.05 * mib + 1, readings
@@ -98,7 +92,7 @@ def test_nothing_allocated_reads_near_zero():
 
 
 @needs_clear_refs
-def test_measurement_leaves_glibc_reusing_freed_blocks():
+def test_measurement_leaves_glibc_reusing_freed_blocks(fresh_python):
     # A fresh process, so that the heap's history is known. A measurement that left glibc's mmap threshold
     # at 128 KiB would make every later 8 MiB block a fresh mmap: 20 blocks x 2048 page faults. Restored,
     # freed blocks are reused (measured ~14k faults here, as with glibc's defaults; 41k without restoring).
@@ -111,10 +105,7 @@ def test_measurement_leaves_glibc_reusing_freed_blocks():
         "    block = torch.ones(2**21); del block\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                            check=True, timeout=120)
-    faults = int(result.stdout.split()[-1])
+    faults = int(fresh_python(script).split()[-1])
     assert faults < 0.6 * 20 * 2048, faults
 
 
