@@ -35,3 +35,20 @@ def fresh_python():
         return result.stdout
 
     return run
+
+
+@pytest.fixture
+def assert_matches_oracle():
+    """``check(variant, config)``: skip with the reason where the variant cannot run ``config`` here (a probe
+    that errors fails instead), else its output and gradients must match its oracle (bench.equivalence)."""
+    from bench.equivalence import compare
+
+    def check(variant, config) -> None:
+        verdict = variant.verdict(config)
+        if not verdict.runs:
+            assert verdict.status != "error", verdict.reason
+            pytest.skip(f"{verdict.status}: {verdict.reason}")
+        row = compare(variant, config)
+        assert row.status == "pass", row.describe()
+
+    return check

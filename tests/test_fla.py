@@ -66,16 +66,11 @@ needs_fla = pytest.mark.skipif(not torch.cuda.is_available() or fla_availability
 @pytest.mark.parametrize("shape", [(2, 4, 1024, 64), (1, 2, 333, 128)], ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 @pytest.mark.parametrize("name", FLA_VARIANTS)
-def test_fla_matches_torch_chunked_values_and_gradients(name: str, dtype: str, shape: tuple) -> None:
+def test_fla_matches_torch_chunked_values_and_gradients(name: str, dtype: str, shape: tuple,
+                                                        assert_matches_oracle) -> None:
     b, h, n, d = shape
     config = BenchConfig(variant=name, n=n, d=d, batch=b, heads=h, dtype=dtype, pass_="fwd+bwd", device="cuda")
-    variant = get_variant(name)
-    verdict = variant.verdict(config)
-    if not verdict.runs:
-        assert verdict.status != "error", verdict.reason
-        pytest.skip(f"{verdict.status}: {verdict.reason}")
-    row = compare(variant, config)
-    assert row.status == "pass", row.describe()
+    assert_matches_oracle(get_variant(name), config)
 
 
 def test_equivalence_table_on_cpu(capsys) -> None:

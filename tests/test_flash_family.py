@@ -336,17 +336,12 @@ def test_cuda_backend_matches_oracle(backend: str, dtype: torch.dtype, causal: b
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("backend", PROBED)
-def test_cuda_backend_gradients_match_oracle(backend: str, dtype: str, causal: bool, shape: tuple) -> None:
+def test_cuda_backend_gradients_match_oracle(backend: str, dtype: str, causal: bool, shape: tuple,
+                                             assert_matches_oracle) -> None:
     b, h, n, d = shape
     config = BenchConfig(variant=variant_of(backend), n=n, d=d, batch=b, heads=h, dtype=dtype, causal=causal,
                          pass_="fwd+bwd", device="cuda")
-    variant = all_variants()[config.variant]
-    verdict = variant.verdict(config)
-    if not verdict.runs:
-        assert verdict.status != "error", verdict.reason
-        pytest.skip(f"{verdict.status}: {verdict.reason}")
-    row = compare(variant, config)
-    assert row.status == "pass", row.describe()
+    assert_matches_oracle(all_variants()[config.variant], config)
 
 
 @needs_cuda
