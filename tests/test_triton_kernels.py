@@ -59,6 +59,13 @@ def _inputs(n: int, d: int, dv: int, dtype: torch.dtype, seed: int, heads: int =
             for width in (d, d, dv)]
 
 
+def _assert_relative_errors(got: tuple, want: tuple, tol: float) -> None:
+    """(out, dq, dk, dv) against the reference's, each error relative to the reference's largest entry."""
+    for name, a, b in zip(("out", "dq", "dk", "dv"), got, want, strict=True):
+        err = ((a.double() - b).abs().max() / b.abs().max()).item()
+        assert err < tol, f"{name}: relative error {err:.2e} >= {tol:.0e}"
+
+
 def _compare(kernels, core: LinearAttentionCore, n: int, d: int, dv: int, *, offset: int = 0, chunk: int = 16,
              dtype: torch.dtype = torch.float32, seed: int = 0, tol: float = 2e-5,
              segment_chunks: int | None = None, feature_map: str = "elu1") -> None:
@@ -72,9 +79,7 @@ def _compare(kernels, core: LinearAttentionCore, n: int, d: int, dv: int, *, off
     grad = torch.randn(ref.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
     got = torch.autograd.grad(out, (q, k, v), grad.to(dtype))
     want = torch.autograd.grad(ref, (q, k, v), grad)
-    for name, a, b in zip(("out", "dq", "dk", "dv"), (out, *got), (ref, *want), strict=True):
-        err = ((a.double() - b).abs().max() / b.abs().max()).item()
-        assert err < tol, f"{name}: relative error {err:.2e} >= {tol:.0e}"
+    _assert_relative_errors((out, *got), (ref, *want), tol)
 
 
 @in_child
@@ -364,9 +369,7 @@ def test_functional_forced_impl_matches_the_oracle(kernels, causal, normalize, d
     grad = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
     got = torch.autograd.grad(out, (q, k, v), grad.float())
     want = torch.autograd.grad(ref, (q, k, v), grad)
-    for name, a, b in zip(("out", "dq", "dk", "dv"), (out, *got), (ref, *want), strict=True):
-        err = ((a.double() - b).abs().max() / b.abs().max()).item()
-        assert err < 2e-5, f"{name}: relative error {err:.2e}"
+    _assert_relative_errors((out, *got), (ref, *want), 2e-5)
 
 
 @in_child
@@ -439,9 +442,7 @@ def test_cuda_bfloat16_matches_oracle(kind, causal, d, segment_chunks, feature_m
     grad = torch.randn(ref.shape, device="cuda", generator=gen, dtype=torch.float64)
     got = torch.autograd.grad(out, (q, k, v), grad.bfloat16())
     want = torch.autograd.grad(ref, (q, k, v), grad)
-    for name, a, b in zip(("out", "dq", "dk", "dv"), (out, *got), (ref, *want), strict=True):
-        err = ((a.double() - b).abs().max() / b.abs().max()).item()
-        assert err < 3e-2, f"{name}: relative error {err:.2e}"
+    _assert_relative_errors((out, *got), (ref, *want), 3e-2)
 
 
 @on_gpu
@@ -466,9 +467,7 @@ def test_cuda_float32_matches_oracle(kind, causal, segment_chunks, feature_map):
     grad = torch.randn(ref.shape, device="cuda", generator=gen, dtype=torch.float64)
     got = torch.autograd.grad(out, (q, k, v), grad.float())
     want = torch.autograd.grad(ref, (q, k, v), grad)
-    for name, a, b in zip(("out", "dq", "dk", "dv"), (out, *got), (ref, *want), strict=True):
-        err = ((a.double() - b).abs().max() / b.abs().max()).item()
-        assert err < 1e-4, f"{name}: relative error {err:.2e}"
+    _assert_relative_errors((out, *got), (ref, *want), 1e-4)
     unitary = LinearAttentionCore(64, positional="unitary", impl="quadratic").cuda()
     with pytest.raises(ValueError, match="float32 on a GPU takes LRPE kinds"):
         fused_lrpe_linear_attention(q, k, v, unitary.positional)
