@@ -11,6 +11,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from bench.scaling import PowerLawFit, fit_power_law
+
 PANEL_BASE = ["d", "pass"]
 PANEL_EXTRA = ["device_name", "dtype", "causal", "heads"]
 """A panel is one (D, pass); device, dtype, causal mask or head count join the panel key when they vary."""
@@ -103,33 +105,29 @@ def per_sequence(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return out
 
 
-def fit_slope(n: pd.Series | np.ndarray, y: pd.Series | np.ndarray) -> tuple[float, int]:
-    """Least-squares slope of log y against log N over the upper half of the points by N (the largest
-    ceil(k/2) of k points, at least 2; all of them when k <= 3), where fixed per-call costs matter least.
-    Returns (slope, smallest N used); (nan, 0) with fewer than 2 positive points."""
+def fit(n: pd.Series | np.ndarray, y: pd.Series | np.ndarray) -> PowerLawFit | None:
+    """The power-law fit of ``bench.scaling`` (over the upper half of the lengths, see
+    ``bench.scaling.upper_lengths``) of the positive finite points; None with fewer than 2 distinct N."""
     n = np.asarray(n, dtype=float)
     y = np.asarray(y, dtype=float)
     keep = (n > 0) & (y > 0) & np.isfinite(n) & np.isfinite(y)
-    n, y = n[keep], y[keep]
-    order = np.argsort(n)
-    n, y = n[order], y[order]
-    if len(np.unique(n)) < 2:
-        return math.nan, 0
-    start = 0 if len(n) <= 3 else len(n) - max(2, math.ceil(len(n) / 2))
-    n, y = n[start:], y[start:]
-    slope = np.polyfit(np.log(n), np.log(y), 1)[0]
-    return float(slope), int(n[0])
+    if len(np.unique(n[keep])) < 2:
+        return None
+    return fit_power_law(n[keep], y[keep])
 
 
 def slopes(frame: pd.DataFrame, value: str = "time_median_ms") -> pd.DataFrame:
     """Fitted log-log slope of ``value`` (per sequence when the batch varies, see ``per_sequence``) against N
-    per panel and variant (see ``fit_slope``)."""
+    per panel and variant (see ``fit``), with its 95% interval (none from 2 points)."""
     rows = []
     for key, panel in panels(per_sequence(ok_rows(frame), [value])):
         for variant, line in series(panel, value).items():
-            slope, from_n = fit_slope(line["n"], line[value])
-            rows.append({**key, "variant": variant, "points": len(line), "slope": slope,
-                         "fitted from N": from_n or None})
+            found = fit(line["n"], line[value])
+            rows.append({**key, "variant": variant, "points": len(line),
+                         "slope": found.exponent if found else math.nan,
+                         "95% interval": (f"{found.low:.2f} to {found.high:.2f}" if found and not math.isnan(found.low)
+                                          else ""),
+                         "fitted from N": int(found.lengths[0]) if found else None})
     return pd.DataFrame(rows)
 
 

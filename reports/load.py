@@ -72,3 +72,18 @@ def run_ceilings(runs: Iterable[Run]) -> dict[tuple[str, str], dict]:
                     out.setdefault((run.run_id, dtype), values)
                 break
     return out
+
+
+def device_memory(runs: Iterable[Run]) -> dict[str, int]:
+    """{device name: total memory in bytes} from the runs' environment sessions: a GPU's NVML total
+    (``gpu.memory_total_bytes``), else a session's own ``memory_total_bytes`` where the environment records
+    one. Devices that recorded neither are absent (CPU runs record no total today)."""
+    out: dict[str, int] = {}
+    for run in runs:
+        for session in run.sessions:
+            gpu = session.get("gpu") if isinstance(session.get("gpu"), Mapping) else {}
+            total = gpu.get("memory_total_bytes", session.get("memory_total_bytes"))
+            name = session.get("device_name")
+            if isinstance(total, int | float) and not isinstance(total, bool) and total > 0 and name:
+                out.setdefault(str(name), int(total))
+    return out

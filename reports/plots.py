@@ -22,13 +22,14 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from reports import analysis
 
 DPI = 100
-PANEL_SIZE = (6.6, 4.0)  # inches per panel, without its legend
-LEGEND_LINE_INCHES = 0.16
+FIGURE_WIDTH = 13.6  # inches at DPI: 1360 px, the report's text width, so a figure is legible at 100% zoom
+PANEL_HEIGHT = 4.4  # inches per panel row, without its legend
+LEGEND_LINE_INCHES = 0.2
+LEGEND_COLUMN_INCHES = 4.4  # a legend entry of ~45 characters at legend.fontsize
 MAX_COLUMNS = 2
-RC = {"text.parse_math": False, "font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8.5,
+RC = {"text.parse_math": False, "font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11,
+      "legend.fontsize": 10, "xtick.labelsize": 10, "ytick.labelsize": 10,
       "axes.grid": True, "grid.alpha": 0.3, "grid.linestyle": ":"}
-STYLE_CYCLE = ["-", "--", "-.", ":"]
-
 
 def _label(text: str) -> str:
     """A legend label matplotlib will show: it hides labels that start with an underscore."""
@@ -43,16 +44,22 @@ def format_tokens(n: float, _pos: object = None) -> str:
 
 
 def _grid(count: int, legend_entries: int) -> tuple[plt.Figure, list[plt.Axes]]:
-    """``count`` panels, two a row, each tall enough for its axes plus a legend of ``legend_entries`` below."""
+    """``count`` panels across the report's width, two a row, each tall enough for its axes plus a legend of
+    ``legend_entries`` below in as many columns as the panel's width holds (``_legend_columns``)."""
     columns = min(MAX_COLUMNS, count)
     rows = math.ceil(count / columns)
-    height = PANEL_SIZE[1] + LEGEND_LINE_INCHES * legend_entries
-    fig, axes = plt.subplots(rows, columns, figsize=(PANEL_SIZE[0] * columns, height * rows),
-                             squeeze=False, layout="constrained")
+    legend_rows = math.ceil(legend_entries / _legend_columns(columns)) if legend_entries else 0
+    height = PANEL_HEIGHT + LEGEND_LINE_INCHES * legend_rows
+    fig, axes = plt.subplots(rows, columns, figsize=(FIGURE_WIDTH, height * rows), squeeze=False,
+                             layout="constrained")
     flat = list(axes.flat)
     for extra in flat[count:]:
         extra.set_visible(False)
     return fig, flat[:count]
+
+
+def _legend_columns(panels_per_row: int) -> int:
+    return max(1, int(FIGURE_WIDTH / panels_per_row // LEGEND_COLUMN_INCHES))
 
 
 def _n_axis(ax: plt.Axes, ns: list[float]) -> None:
@@ -86,16 +93,63 @@ def _log_y(ax: plt.Axes) -> None:
 
 
 Styles = dict[str, dict]
-"""Variant name -> matplotlib line keywords (colour, line style)."""
+"""Variant name -> matplotlib keywords (color, linestyle, marker)."""
+
+ENCODING_COLOURS = {
+    "none": "#2f4f4f", "rope": "#e69f00", "ape": "#8c564b", "spe-sine": "#9467bd", "spe-conv": "#e377c2",
+    "lrpe-unitary": "#0072b2", "lrpe-orthogonal": "#009e73", "lrpe-permutation": "#d55e00",
+}
+"""One colour per encoding, the same in every report (colour-blind-safe Okabe-Ito hues where they reach;
+plain attention dark slate, not a grey, so that it never matches text or antialiasing)."""
+EXTRA_COLOURS = ["#56b4e9", "#cc79a7", "#7f7f7f", "#bcbd22", "#17becf", "#f0e442"]
+BACKEND_STYLES = {
+    "torch-chunked": "-", "triton": (0, (8, 2)), "fla": (0, (8, 2, 2, 2)), "naive": ":",
+    "sdpa-flash": "--", "sdpa-efficient": (0, (5, 1, 1, 1)), "sdpa-cudnn": (0, (3, 1, 1, 1, 1, 1)),
+    "sdpa-math": (0, (1, 3)), "flex": "-.", "flash-attn2": (0, (10, 3)), "flash-attn3": (0, (10, 3, 2, 3)),
+    "flash-attn4": (0, (10, 3, 2, 3, 2, 3)),
+}
+"""One line style per backend; other backends (xformers-*) take EXTRA_STYLES in name order."""
+EXTRA_STYLES = [(0, (4, 2, 1, 2)), (0, (6, 1)), (0, (2, 2)), (0, (12, 2, 1, 2))]
+FAMILY_MARKERS = {"linear": "o", "softmax": "s", "flash": "^"}
+"""One marker per family: softmax-rope@naive and linear-rope@naive share colour and style, not marker."""
+
+
+def _shade(colour: str, index: int) -> str:
+    """The ``index``-th shade of ``colour`` for a sub-kind of its encoding (a P matrix: householder,
+    oddeven, ...): alternately darker and lighter, further each time."""
+    from matplotlib.colors import to_hex, to_rgb
+
+    rgb = to_rgb(colour)
+    step = 0.3 * ((index + 1) // 2 + 0.5 * ((index + 1) // 2 - 1)) if index else 0.0
+    target = 0.0 if index % 2 else 1.0
+    return to_hex(tuple(c + (target - c) * min(step, 0.7) for c in rgb))
 
 
 def variant_styles(variants: Iterable[str]) -> Styles:
-    """A colour and line style per variant. The report makes them once from every variant in its frame and
-    gives them to each figure, so that a variant has one colour in every figure."""
+    """A colour per encoding (``ENCODING_COLOURS``; a sub-kind such as lrpe-unitary-householder a shade of
+    its encoding's), a line style per backend (``BACKEND_STYLES``) and a marker per family, parsed from the
+    registry name ``<family>[-<encoding>]@<backend>``. The report makes them once from every variant in its
+    frame and gives them to each figure, so a variant looks the same in every figure."""
+    from reports.encodings import parse_variant
+
     variants = sorted({str(v) for v in variants})
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    return {v: {"color": colors[i % len(colors)], "linestyle": STYLE_CYCLE[(i // len(colors)) % len(STYLE_CYCLE)]}
-            for i, v in enumerate(variants)}
+    parsed = {v: parse_variant(v) for v in variants}
+    encodings = sorted({e for _, e, _ in parsed.values()})
+    base = {e: next((b for b in sorted(ENCODING_COLOURS, key=len, reverse=True)
+                     if e == b or e.startswith(b + "-")), None) for e in encodings}
+    colours: dict[str, str] = {}
+    unknown = iter(EXTRA_COLOURS * (1 + len(encodings) // len(EXTRA_COLOURS)))
+    for encoding in encodings:
+        root = base[encoding]
+        if root is None:
+            colours[encoding] = next(unknown)
+            continue
+        kinds = sorted(e for e in encodings if base[e] == root and e != root)
+        colours[encoding] = _shade(ENCODING_COLOURS[root], 0 if encoding == root else kinds.index(encoding) + 1)
+    backends = sorted({b for _, _, b in parsed.values() if b not in BACKEND_STYLES})
+    styles = {**BACKEND_STYLES, **{b: EXTRA_STYLES[i % len(EXTRA_STYLES)] for i, b in enumerate(backends)}}
+    return {v: {"color": colours[e], "linestyle": styles.get(b, "-"), "marker": FAMILY_MARKERS.get(f, "D")}
+            for v, (f, e, b) in parsed.items()}
 
 
 def to_png(fig: plt.Figure) -> bytes:
@@ -110,7 +164,9 @@ def _legend(ax: plt.Axes, count: int) -> None:
     if count:
         # Under the axes, one entry a line: a legend inside a log-log panel of many lines always covers some
         # of them, and one beside it squeezes the axes of a two-panel row.
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
+        panels = sum(1 for other in ax.figure.axes if other.get_visible())
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), frameon=False,
+                  ncols=_legend_columns(min(MAX_COLUMNS, panels)))
 
 
 def _scaling_figure(frame: pd.DataFrame, value: str, ylabel: str, scale: float, title: str,
@@ -137,9 +193,9 @@ def _scaling_figure(frame: pd.DataFrame, value: str, ylabel: str, scale: float, 
             for variant, line in lines.items():
                 label = variant
                 if fit:
-                    slope = analysis.fit_slope(line["n"], line[value])[0]
-                    label += "  (one N: no slope)" if math.isnan(slope) else f"  (slope {slope:.2f})"
-                ax.plot(line["n"], line[value] * scale, marker="o", markersize=3.5, label=_label(label),
+                    found = analysis.fit(line["n"], line[value])
+                    label += "  (one N: no slope)" if found is None else f"  (slope {found.exponent:.2f})"
+                ax.plot(line["n"], line[value] * scale, markersize=4.5, label=_label(label),
                         **styles[variant])
                 if band and analysis.has(line, *band):
                     ax.fill_between(line["n"].astype(float), line[band[0]].astype(float) * scale,
@@ -216,7 +272,7 @@ def extrapolation_figure(frame: pd.DataFrame, styles: Styles | None = None) -> b
                 line = line.drop_duplicates(subset="eval_len", keep="last").sort_values("eval_len")
                 train = names[1] if len(names) > 1 and pd.notna(names[1]) else None
                 label = str(names[0]) + (f" (trained at {format_tokens(train)})" if train else "")
-                ax.plot(line["eval_len"], line["perplexity"], marker="o", markersize=3.5, label=_label(label),
+                ax.plot(line["eval_len"], line["perplexity"], markersize=4.5, label=_label(label),
                         **styles[str(names[0])])
                 if train:
                     train_lens.add(int(train))
@@ -231,3 +287,78 @@ def extrapolation_figure(frame: pd.DataFrame, styles: Styles | None = None) -> b
             ax.set_title(f"extrapolation: {protocol}" if protocol else "extrapolation")
             _legend(ax, len(ax.get_legend_handles_labels()[1]))
         return to_png(fig)
+
+
+def cost_figure(costs: pd.DataFrame, styles: Styles) -> bytes | None:
+    """Each encoded variant's time and peak memory over its family's plain attention on the same backend
+    (``encodings.encoding_costs``) against N: a row per panel key, time ratio left, memory ratio right, a
+    line at 1 (as fast / as small as plain attention). None without cost rows."""
+    if costs.empty:
+        return None
+    keys = [c for c in costs.columns if c in analysis.PANEL_BASE + analysis.PANEL_EXTRA]
+    groups = [({}, costs)] if not keys else [
+        (dict(zip(keys, k if isinstance(k, tuple) else (k,), strict=True)), g)
+        for k, g in costs.groupby(keys, sort=True, dropna=False)]
+    with plt.rc_context(RC):
+        entries = max(g["variant"].nunique() for _, g in groups)
+        fig, axes = _grid(2 * len(groups), entries)
+        for index, (key, group) in enumerate(groups):
+            for ax, column, what in ((axes[2 * index], "time ratio", "time"),
+                                     (axes[2 * index + 1], "memory ratio", "peak memory")):
+                for variant, line in group.groupby("variant", sort=True):
+                    line = line[line[column].notna() & (line[column] > 0)].sort_values("N")
+                    if not line.empty:
+                        ax.plot(line["N"], line[column], markersize=5,
+                                label=_label(f"{variant} / {line['reference'].iloc[0]}"), **styles[variant])
+                ax.axhline(1.0, color="grey", linewidth=1.2, linestyle="-", zorder=0)
+                _n_axis(ax, [float(n) for n in group["N"]])
+                ax.set_yscale("log", base=2)
+                ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _pos: f"x{y:g}"))
+                ax.set_ylabel(f"{what} / plain attention's (same backend, N)")
+                ax.set_title(f"cost of each encoding, {what}: {analysis.panel_title(key)}")
+                _legend(ax, len(ax.get_legend_handles_labels()[1]))
+        return to_png(fig)
+
+
+def tradeoff_figure(table: pd.DataFrame, styles: Styles, n: int | None = None) -> bytes | None:
+    """Speed against quality (``encodings.speed_quality``): bits per byte against time (left) and against
+    peak memory (right), a point per variant, error bars from the table (time p20-p80; bits per byte's
+    ``error``), the Pareto front (lower is better on both axes) drawn as a grey step line. None without
+    rows."""
+    if table.empty:
+        return None
+    at = f" at N = {format_tokens(n)}" if n else ""
+    with plt.rc_context(RC):
+        fig, axes = _grid(2, len(table) + 1)
+        for ax, column, xlabel in ((axes[0], "time, ms", f"median time per call{at}, ms (bars p20-p80)"),
+                                   (axes[1], "peak, MiB", f"peak memory above the inputs{at}, MiB")):
+            points = table[table[column].notna() & (table[column] > 0)]
+            for _, row in points.iterrows():
+                style = styles[row["variant"]]
+                xerr = None
+                if column == "time, ms" and pd.notna(row["time p20, ms"]) and pd.notna(row["time p80, ms"]):
+                    xerr = [[row[column] - row["time p20, ms"]], [row["time p80, ms"] - row[column]]]
+                yerr = [row["error"]] if pd.notna(row["error"]) else None
+                ax.errorbar([row[column]], [row["bits/byte"]], xerr=xerr, yerr=yerr, color=style["color"],
+                            marker=style["marker"], markersize=8, linestyle="none", capsize=3,
+                            label=_label(row["variant"]))
+            front = _front(points, column)
+            if len(front) > 1:
+                ax.step(front[column], front["bits/byte"], where="post", color="grey", linewidth=1.2,
+                        linestyle="--", label="Pareto front (no point better on both)", zorder=0)
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(FuncFormatter(format_value))
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("bits per byte at the longest evaluated length\n(lower is better; bars: noise)")
+            ax.set_title("speed against quality" if column == "time, ms" else "memory against quality")
+            _legend(ax, len(ax.get_legend_handles_labels()[1]))
+        return to_png(fig)
+
+
+def _front(points: pd.DataFrame, column: str) -> pd.DataFrame:
+    """The points no other beats on both ``column`` and bits per byte, by ``column`` ascending."""
+    from reports.encodings import pareto
+
+    if points.empty:
+        return points
+    return points[pareto(points[column], points["bits/byte"]).to_numpy()].sort_values(column)

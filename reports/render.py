@@ -19,30 +19,40 @@ from pandas.io.formats.style import Styler
 
 from bench.measure.flops import FORMULAS
 from bench.record import SCHEMA, describe_columns
-from reports import analysis, plots
-from reports.load import Run, combine, load_run, run_ceilings
+from reports import analysis, beyond, encodings, plots
+from reports.findings import findings
+from reports.load import Run, combine, device_memory, load_run, run_ceilings
 
 REPORT_FILE = "report.html"
 """The report ``python -m bench run`` writes into the run directory at the end of a run."""
 
 SECTIONS = {
-    "environment": "Environment and measured ceilings",
-    "summary": "Summary: fastest variant and crossover",
+    "findings": "Findings",
+    "cost": "Cost of each encoding over plain attention",
+    "tradeoff": "Speed against quality",
     "time": "Time against N",
     "memory": "Peak memory against N",
     "throughput": "Throughput against the measured ceilings",
     "extrapolation": "Extrapolation: perplexity against evaluation length",
+    "beyond": "Beyond the measured range: 128k and 1M tokens (extrapolated)",
+    "summary": "Fastest variant and crossover at every N",
     "compare": "Comparison with the baseline",
     "failures": "Configs not measured",
-    "rows": "Every row",
+    "environment": "Environment and measured ceilings",
+    "rows": "Every row, with the column legend",
     "flops": "FLOP formulas",
 }
+"""Every section in the order it appears: findings, then figures, then tables; the last three (APPENDIX) are
+collapsed."""
+APPENDIX = ("environment", "rows", "flops")
 
 CSS = """
 body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 1.5em 2em; color: #222;
        max-width: 1400px; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; border-bottom: 1px solid #ccc; margin-top: 2em; }
 h3 { font-size: 1em; }
+section.appendix summary h2 { display: inline; border: none; } section.appendix summary { cursor: pointer; }
+ul.findings li { margin: 0.3em 0; }
 nav a { margin-right: 1em; }
 .scroll { overflow-x: auto; max-width: 100%; }
 table { border-collapse: collapse; font-size: 0.8em; margin: 0.5em 0; }
@@ -280,7 +290,6 @@ def _speed_sections(speed: pd.DataFrame, ceilings: dict, styles: plots.Styles | 
     per = ("per sequence (per call / batch, which varies with N in these runs)" if analysis.batch_varies(speed)
            else "per call")
     return {
-        "summary": summary_section(speed),
         "time": figure("time", plots.time_figure(speed, styles),
                        f"Median time {per} against N (log-log), the band from the 20th to the 80th percentile; "
                        "the legend gives each line's fitted slope.") + _slope_note(speed, "time_median_ms"),
@@ -296,34 +305,98 @@ def _speed_sections(speed: pd.DataFrame, ceilings: dict, styles: plots.Styles | 
     }
 
 
+def findings_section(items: list[str]) -> str:
+    return ("<ul class='findings'>" + "".join(f"<li>{esc(item)}</li>" for item in items) + "</ul>"
+            "<p class='note'>Written from the rows below. Times are medians per call; a ratio between two "
+            "timings flagged high variance (IQR above 10% of the median) may be noise.</p>")
+
+
+def cost_section(costs: pd.DataFrame, styles: plots.Styles | None) -> str:
+    if costs.empty:
+        return ("<p class='note'>Not measured: no encoded variant was timed beside its family's plain "
+                "attention on the same backend at the same (N, D, pass).</p>")
+    styles = styles or plots.variant_styles(costs["variant"])
+    return (figure("cost", plots.cost_figure(costs, styles),
+                   "Time and peak memory of each encoded variant over its family's plain attention on the same "
+                   "backend at the same config (e.g. linear-rope@torch-chunked / linear@torch-chunked), "
+                   "against N; x1 is no cost, below x1 the encoded variant was faster or smaller.")
+            + table(costs, precision=3))
+
+
+def tradeoff_section(frame: pd.DataFrame, styles: plots.Styles | None) -> str:
+    found, note = encodings.speed_quality(frame)
+    if found.empty:
+        return f"<p class='note'>Not shown: {esc(note)}.</p>"
+    n = int(note.split("N = ")[1].split(" ")[0]) if "N = " in note else None
+    styles = styles or plots.variant_styles(found["variant"])
+    caption = (f"A point per variant: {note}. Error bars: time p20-p80; bits per byte, the seed standard "
+               "deviation where there are several seeds, else the rows' standard error (none drawn where the "
+               "rows carry neither). The dashed step line is the Pareto front: no other point is lower on both "
+               "axes.")
+    return figure("tradeoff", plots.tradeoff_figure(found, styles, n), caption) + table(found, precision=4)
+
+
+def beyond_section(found: pd.DataFrame) -> str:
+    if found.empty:
+        return "<p class='note'>No series with ok speed rows to fit.</p>"
+    return ("<p><strong>Extrapolated, not measured.</strong> Per series, time and peak memory fitted as a power "
+            "law of N (least squares of log value against log N over the upper half of the measured lengths, "
+            "bench.scaling, the fit the CI gate uses), then evaluated at 128k and 1M tokens. Brackets: 95% "
+            "intervals of the fit (Student's t); they cover the fit's own noise, not a change of regime beyond "
+            "the measured lengths (cache or memory tiers, another kernel path), so read them as the least "
+            "uncertainty there is. Fits memory: the prediction plus the inputs (q, k, v) against the device's "
+            "total memory recorded in environment.json: yes when even the interval's top fits, no when the "
+            "estimate does not, uncertain between.</p>" + table(found))
+
+
 def render_runs(runs: Sequence[Run], baseline: Sequence[Run] = (), *, title: str | None = None) -> str:
     """The HTML report of ``runs`` (and a comparison with ``baseline`` when given)."""
     frame = combine(runs)
     speed = frame[frame["task"].fillna("speed") == "speed"] if "task" in frame else frame
     has_extrapolation = "task" in frame and bool((frame["task"] == "extrapolation").any())
-    # One colour per variant across every figure: made from all the report's variants, not each figure's.
+    # One colour per encoding, one line style per backend, across every figure: made from all the report's
+    # variants, not each figure's.
     styles = plots.variant_styles(frame["variant"].dropna()) if "variant" in frame else None
-    body: dict[str, str] = {"environment": environment_section(runs)}
-    if not speed.empty or not has_extrapolation:  # a run of extrapolation rows only has no speed sections
+    costs = encodings.encoding_costs(speed)
+    predicted = beyond.predictions(speed, device_memory(runs)) if not speed.empty else pd.DataFrame()
+    body: dict[str, str] = {"findings": findings_section(findings(frame, speed, costs, predicted))}
+    has_speed = not speed.empty or not has_extrapolation  # a run of extrapolation rows only has no speed sections
+    if has_speed:
+        body["cost"] = cost_section(costs, styles)
+    if has_speed and has_extrapolation:
+        body["tradeoff"] = tradeoff_section(frame, styles)
+    if has_speed:
         body.update(_speed_sections(speed, run_ceilings(runs), styles))
     if has_extrapolation:
         body["extrapolation"] = extrapolation_section(frame, styles)
+    if has_speed:
+        body["beyond"] = beyond_section(predicted)
+        body["summary"] = summary_section(speed)
     if baseline:
         label = ", ".join(f"{run.run_id} ({run.path})" for run in baseline)
         body["compare"] = compare_section(frame, combine(baseline), label)
     body["failures"] = failures_section(frame)
+    body["environment"] = environment_section(runs)
     body["rows"] = rows_section(frame)
     body["flops"] = flops_section()
+    body = {key: body[key] for key in SECTIONS if key in body}
     run_names = ", ".join(run.run_id for run in runs)
     heading = title or f"Attention scaling report: {run_names}"
     created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     nav = "".join(f"<a href='#{key}'>{esc(SECTIONS[key])}</a>" for key in body)
-    sections = "".join(f"<section id='{key}'><h2>{esc(SECTIONS[key])}</h2>{content}</section>"
-                       for key, content in body.items())
+    sections = "".join(_section(key, content) for key, content in body.items())
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>{esc(heading)}</title><style>{CSS}</style></head><body>"
             f"<h1>{esc(heading)}</h1><p class='note'>Made {esc(created)} by python -m reports from "
             f"{esc(', '.join(str(run.path) for run in runs))}.</p><nav>{nav}</nav>{sections}</body></html>")
+
+
+def _section(key: str, content: str) -> str:
+    """A section; those of APPENDIX collapsed under their heading."""
+    if key in APPENDIX:
+        return (f"<section id='{key}' class='appendix'><details><summary><h2>{esc(SECTIONS[key])}</h2>"
+                f"</summary>{content}</details></section>")
+    return f"<section id='{key}'><h2>{esc(SECTIONS[key])}</h2>{content}</section>"
 
 
 def _throughput_table(frame: pd.DataFrame) -> str:

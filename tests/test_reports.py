@@ -78,8 +78,11 @@ def real_run(tmp_path_factory) -> Path:
 def test_report_from_a_real_run_has_every_section_one_image_per_plot_and_no_markup_from_data(real_run):
     text = render_runs([load_run(real_run)])
     found = structure(text)
-    assert found.sections == ["environment", "summary", "time", "memory", "throughput", "failures", "rows", "flops"]
+    assert found.sections == ["findings", "cost", "time", "memory", "throughput", "beyond", "summary", "failures",
+                              "environment", "rows", "flops"]
     assert set(found.figures) == {"time", "memory", "throughput"}
+    # no encoded variant in this run: the cost section and the findings say so instead of drawing nothing
+    assert "Cost of each encoding: not measured" in text and "Extrapolation quality: not measured" in text
     for name, images in found.figures.items():
         assert len(images) == 1, name
         assert images[0].startswith("data:image/png;base64,")
@@ -184,13 +187,18 @@ def test_render_survives_frames_with_holes(case):
         "empty": [],
     }[case]
     text, found = _render(rows)
-    assert {"environment", "summary", "failures", "rows", "flops"} <= set(found.sections)
+    assert found.sections[0] == "findings" and found.sections[-3:] == ["environment", "rows", "flops"]
+    assert {"summary", "failures", "beyond"} <= set(found.sections)
     for images in found.figures.values():
         assert len(images) == 1
     if case == "only failed":
         assert not found.figures and "out of memory" in text and "No ok rows" in text
+        assert "Fastest variant: not measured" in text and "no prediction" in text
     if case == "single variant":
         assert set(found.figures) == {"time", "memory", "throughput"} and "slope" in text
+        assert "1k tokens" not in text and "fitted from N" in text  # the series is fitted and predicted
+    if case == "single n":
+        assert "one N (256): no fit" in text
     _, compared = _render(rows, compare=True)  # the run against itself: the comparison renders too
     assert "compare" in compared.sections
 
@@ -207,7 +215,7 @@ def test_extrapolation_rows_get_their_section_and_are_left_out_without_them():
     _, without = _render(speed)
     assert "extrapolation" not in without.sections and "extrapolation" not in without.figures
     _, alone = _render(extrap)  # an extrapolation run alone: no speed sections
-    assert alone.sections == ["environment", "extrapolation", "failures", "rows", "flops"]
+    assert alone.sections == ["findings", "extrapolation", "failures", "environment", "rows", "flops"]
 
 
 def test_ceilings_flat_or_per_dtype():
@@ -250,13 +258,15 @@ def test_crossover_takes_the_last_change_and_names_the_range():
     assert analysis.crossover(pd.Series([1.0], index=[64]), flash)["note"] == "no N measured for both"
 
 
-def test_fit_slope_uses_the_upper_half():
+def test_report_fits_use_bench_scaling_over_the_upper_half():
     ns = np.array([256, 512, 1024, 2048, 4096, 8192], dtype=float)
-    assert analysis.fit_slope(ns, 3 * ns**1.5) == (pytest.approx(1.5), 2048)  # the largest 3 of 6
+    found = analysis.fit(ns, 3 * ns**1.5)
+    assert found.exponent == pytest.approx(1.5) and found.lengths[0] == 2048  # the largest 3 of 6
     noisy_start = 2 * ns * np.array([40, 10, 1, 1, 1, 1])  # fixed costs dominate the two shortest lengths
-    assert analysis.fit_slope(ns, noisy_start)[0] == pytest.approx(1.0)
-    assert analysis.fit_slope(ns[:2], ns[:2] ** 2) == (pytest.approx(2.0), 256)
-    assert math.isnan(analysis.fit_slope(ns[:1], ns[:1])[0])
+    assert analysis.fit(ns, noisy_start).exponent == pytest.approx(1.0)
+    assert analysis.fit(ns[:2], ns[:2] ** 2).exponent == pytest.approx(2.0)
+    assert analysis.fit(ns[:1], ns[:1]) is None
+    assert analysis.fit([256, 512, 1024], [0.0, -1.0, 1.0]) is None  # one usable point
 
 
 def test_panels_split_by_d_and_pass_and_join_what_varies():
@@ -317,22 +327,31 @@ def _colours(png_src: str) -> set[tuple[int, int, int]]:
     return {tuple(round(255 * c) for c in p[:3]) for p in pixels.reshape(-1, pixels.shape[-1])}
 
 
-def test_a_variant_has_one_colour_in_every_figure():
-    """softmax@b is in the speed figures beside linear@a, and alone in the extrapolation figure (a report of a
-    speed run and an extrapolation run): it is drawn in the same colour in both."""
-    import matplotlib.pyplot as plt
+def test_one_colour_per_encoding_one_style_per_backend_in_every_figure():
+    """linear-rope@a and softmax-rope@b share the rope colour (and differ in marker); linear@a is the plain
+    colour; the rope colour is in the speed figures and in the extrapolation figure, where softmax-rope@b is
+    alone, and the plain colour is not there."""
     from matplotlib.colors import to_rgb
 
-    speed = [_row(v, n, 0.01 * n) for v in ("linear@a", "softmax@b") for n in (256, 512)]
-    extrap = [{"key": f"e{e}", "task": "extrapolation", "variant": "softmax@b", "status": "ok",
+    from reports.plots import ENCODING_COLOURS, variant_styles
+
+    styles = variant_styles(["linear-rope@a", "softmax-rope@naive", "linear@a", "linear-lrpe-unitary@triton",
+                             "linear-lrpe-unitary-householder@triton", "linear@torch-chunked"])
+    assert styles["linear-rope@a"]["color"] == styles["softmax-rope@naive"]["color"] == ENCODING_COLOURS["rope"]
+    assert styles["linear-rope@a"]["marker"] != styles["softmax-rope@naive"]["marker"]
+    assert styles["linear@torch-chunked"]["linestyle"] != styles["softmax-rope@naive"]["linestyle"]
+    assert styles["linear-lrpe-unitary@triton"]["linestyle"] == styles["linear-lrpe-unitary-householder@triton"][
+        "linestyle"]
+    assert styles["linear-lrpe-unitary@triton"]["color"] != styles["linear-lrpe-unitary-householder@triton"]["color"]
+    speed = [_row(v, n, 0.01 * n) for v in ("linear@a", "linear-rope@a") for n in (256, 512)]
+    extrap = [{"key": f"e{e}", "task": "extrapolation", "variant": "softmax-rope@b", "status": "ok",
                "protocol": "sliding", "train_len": 256, "eval_len": e, "perplexity": 3.0 + e / 1024}
               for e in (256, 512, 1024)]
     _, found = _render(speed + extrap)
-    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    first, second = (tuple(round(255 * c) for c in to_rgb(colour)) for colour in cycle[:2])
-    assert {first, second} <= _colours(found.figures["time"][0])
+    plain, rope = (tuple(round(255 * c) for c in to_rgb(ENCODING_COLOURS[e])) for e in ("none", "rope"))
+    assert {plain, rope} <= _colours(found.figures["time"][0])
     extrapolation = _colours(found.figures["extrapolation"][0])
-    assert second in extrapolation and first not in extrapolation
+    assert rope in extrapolation and plain not in extrapolation
 
 
 def test_slopes_are_per_sequence_when_batch_x_n_is_held_constant():
