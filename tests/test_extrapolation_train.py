@@ -4,7 +4,6 @@ final loss, and two DDP processes on CPU reach the parameters of one process on 
 from __future__ import annotations
 
 import itertools
-import os
 import signal
 import socket
 import subprocess
@@ -73,9 +72,9 @@ train(model, load_corpus("sotu").tokens("train"), config, device="cpu", out_dir=
 
 
 @pytest.mark.slow
-def test_killed_training_resumes_to_the_same_final_loss(corpus, tmp_path: Path, one_thread) -> None:
+def test_killed_training_resumes_to_the_same_final_loss(corpus, tmp_path: Path, one_thread, child_env) -> None:
     steps = 60
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = child_env()
     child = subprocess.Popen([sys.executable, "-c", _KILLED_RUN.format(steps=steps), str(tmp_path)], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120

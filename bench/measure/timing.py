@@ -143,13 +143,37 @@ class SynchronizedCallable:
 def warmup(fn: Callable[[], object], device: str | torch.device, settings: TimingSettings) -> int:
     """Call ``fn`` (synchronising after each call) until both ``warmup_min_calls`` calls and
     ``warmup_min_s`` seconds are reached. Returns the number of calls made."""
-    calls = 0
+    return len(warmup_durations(fn, device, settings))
+
+
+def warmup_durations(fn: Callable[[], object], device: str | torch.device, settings: TimingSettings
+                     ) -> list[float]:
+    """``warmup``, returning the wall seconds of each call (synchronised), in order. The first includes the
+    one-time work of a new shape (Triton's JIT, fla's autotune, FlexAttention's compile, lazy init)."""
+    durations: list[float] = []
     start = time.perf_counter()
-    while calls < settings.warmup_min_calls or time.perf_counter() - start < settings.warmup_min_s:
+    while len(durations) < settings.warmup_min_calls or time.perf_counter() - start < settings.warmup_min_s:
+        before = time.perf_counter()
         fn()
         synchronize(device)
-        calls += 1
-    return calls
+        durations.append(time.perf_counter() - before)
+    return durations
+
+
+def steady_call_seconds(fn: Callable[[], object], device: str | torch.device, durations: Sequence[float]
+                        ) -> tuple[float, int]:
+    """(seconds of one call after the first, extra calls made): the median of the warm-up's calls after its
+    first (``durations`` from ``warmup_durations``) or, when the warm-up made only that first call, one more
+    synchronised call. A timer that must fix its number of rounds up front (pytest-benchmark's pedantic mode)
+    sizes them from this: the first call's compile would make it ask for a single round."""
+    steady = list(durations[1:])
+    extra = 0
+    if not steady:
+        before = time.perf_counter()
+        fn()
+        synchronize(device)
+        steady, extra = [time.perf_counter() - before], 1
+    return float(np.median(steady)), extra
 
 
 def time_callable(fn: Callable[[], object], device: str | torch.device,

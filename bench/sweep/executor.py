@@ -28,14 +28,14 @@ from bench.measure.memory import (
 )
 from bench.measure.profiling import profile_callable
 from bench.measure.telemetry import TelemetrySampler
-from bench.measure.timing import Timing, TimingSettings, time_callable, warmup
+from bench.measure.timing import Timing, TimingSettings, steady_call_seconds, time_callable, warmup_durations
 from bench.record import is_high_variance
 from bench.variant import Variant
 
 Timer = Callable[[Callable[[], object], float], Timing]
-"""(workload, seconds of one call measured during warm-up) -> Timing. The default is bench.measure.timing's
-``time_callable``; pytest runs pass one that goes through pytest-benchmark; a timer's ``label`` attribute,
-if it has one, names its clock in the row's ``timer`` column."""
+"""(workload, seconds of one call after its first: ``steady_call_seconds``) -> Timing. The default is
+bench.measure.timing's ``time_callable``; pytest runs pass one that goes through pytest-benchmark; a timer's
+``label`` attribute, if it has one, names its clock in the row's ``timer`` column."""
 
 MAX_REASON = 600
 
@@ -137,9 +137,14 @@ class Executor:
             # (the memory pass has its own regime) or, on a failure, by the finally clause.
             row["alloc_regime"] = allocator.enter_context(timing_regime(config.device))
             mark = time.perf_counter()
-            calls = warmup(fn, config.device, self.settings)
-            warm_s = time.perf_counter() - mark
-            workload_s += warm_s
+            durations = warmup_durations(fn, config.device, self.settings)
+            calls = len(durations)
+            if timer is not None:
+                # The warm-up's first call compiles (Triton JIT, fla's autotune, FlexAttention): a timer
+                # that sizes its rounds from one call's time gets a call made after it.
+                seconds_per_call, extra = steady_call_seconds(fn, config.device, durations)
+                calls += extra
+            workload_s += time.perf_counter() - mark
             row["warmup_calls"] = calls
 
             sampler = TelemetrySampler() if (self.telemetry and config.device == "cuda") else None
@@ -150,7 +155,7 @@ class Executor:
                 if timer is None:
                     timing = time_callable(fn, config.device, self.settings)
                 else:
-                    timing = timer(fn, warm_s / max(calls, 1))
+                    timing = timer(fn, seconds_per_call)
                 row["timer"] = timing.timer
             finally:
                 if sampler is not None:

@@ -55,9 +55,15 @@ class Sweep:
 
     def __init__(self, spec: SweepSpec, *, results_dir: str | Path = DEFAULT_RESULTS_DIR,
                  run_id: str | None = None, shard: str | None = None, profile: bool = False,
-                 measure_ceilings_now: bool = True, timer: str | None = None) -> None:
+                 measure_ceilings_now: bool = True, timer: str | None = None,
+                 planned: list[Planned] | None = None) -> None:
         """``timer``: the ``timer`` value the front end's timer will report (the planner counts that timer's
-        calls); None for the CLI's own (``time_callable``)."""
+        calls); None for the CLI's own (``time_callable``). ``planned``: the plan of ``spec`` and ``shard``
+        when the caller made it already (the pytest front end, at collection); None plans here.
+
+        The run's budget clock starts at the first ``run_one``, not here: ceilings, and whatever a front end
+        does between making the session and running it (pytest collects and runs other tests), are not
+        charged to the sweep's total limit."""
         self.spec = spec
         self.store = RunStore(results_dir, run_id or new_run_id())
         self.run_id = self.store.run_id
@@ -80,11 +86,16 @@ class Sweep:
                              matmul_tflops={dtype: matmul_tflops(self.ceilings, dtype) for dtype in spec.dtype})
         self.executor = Executor(self.settings, ceilings=self.ceilings, seed=spec.seed,
                                  profile_dir=self.store.path / "profiles" if profile else None)
-        self.planned = plan(spec, self.shard)
+        self.planned = plan(spec, self.shard) if planned is None else planned
         # Everything imported so far (torch, the probes' compilers) lives for the whole run: freezing it
         # takes ~400k objects out of every later gc pass, which otherwise cost ~90 ms per config here.
         gc.freeze()
-        self.started = time.perf_counter()
+        self.started: float | None = None
+        """perf_counter() at the first ``run_one``: the start of the budget's clock."""
+
+    def elapsed_s(self) -> float:
+        """Seconds since the first config started (0 before it): what the total limit is checked against."""
+        return 0.0 if self.started is None else time.perf_counter() - self.started
 
     def _ceilings(self, measure: bool) -> dict:
         """Ceilings are measured once per run, the matmul for each of the spec's dtypes: a resumed run reuses
@@ -110,6 +121,8 @@ class Sweep:
     def run_one(self, planned: Planned, timer: Timer | None = None) -> dict:
         """Decide, run (if it may), store and return the row of one planned config."""
         started = time.perf_counter()
+        if self.started is None:
+            self.started = started
         config, variant = planned.config, planned.variant
         if config.key in self.done:
             return next(r for r in self.rows if r["key"] == config.key)
@@ -117,7 +130,7 @@ class Sweep:
         status, reason = planned.status, planned.reason
         prediction = None
         if status is None:
-            reason, prediction = self.budget.check(planned, self.rows, time.perf_counter() - self.started)
+            reason, prediction = self.budget.check(planned, self.rows, self.elapsed_s())
             status = "over-budget" if reason else None
         if status is None:
             measured = self.executor.run(config, variant, timer, flops=planned.flops)
