@@ -4,11 +4,13 @@
 - "recurrent": a token loop over the state ``S_s = S_{s-1} + k_s v_s^T``, ``o_s = q_s^T S_s`` (decoding).
 - "chunked": chunks of C rows; inside a chunk the masked C x C scores, across chunks the prefix of per-chunk
   states. Time O(N C D + N D Dv), memory O(N D + (N/C) D Dv); no (N, D, Dv) tensor.
-- "auto" (the default): the fused Triton kernels (``lrpe.kernels``, feature map "identity") for the numerator
-  on CUDA tensors they take (bfloat16/float16 with Dk and Dv in 64/128, float32 at 64; chunk_size 64; no
-  state), the denominator in torch; "chunked" otherwise. "triton" forces the kernels and raises ValueError
-  with the reason where they cannot run. The kernels feed their dots operands in the input dtype (float32
-  through 3xTF32) with float32 accumulation and state, as fla does; the torch forms compute in float32.
+- "auto" (the default): "chunked", on CUDA too, until a GPU run has checked the fused kernels
+  (``lrpe.kernels.dispatch.AUTO_TAKES_FUSED``); after that, the fused Triton kernels (``lrpe.kernels``, feature
+  map "identity") for the numerator on CUDA tensors they take (bfloat16/float16 with Dk and Dv in 64/128,
+  float32 at 64; chunk_size 64; no state), the denominator in torch, and "chunked" otherwise.
+- "triton": opts in to those kernels now, or raises ValueError with the reason where they cannot run. The
+  kernels feed their dots operands in the input dtype (float32 through 3xTF32) with float32 accumulation and
+  state, as fla does; the torch forms compute in float32.
 
 Shapes: q, k (B, H, N, Dk), v (B, H, N, Dv); Dk may differ from Dv. The causal mask keeps key t for query s
 when t <= s. Normalised attention divides row s by ``sum_{t<=s} q_s . k_t + eps`` (all t when not causal);
@@ -202,8 +204,8 @@ def linear_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True, no
             are ``denominator_features`` or (q, k).
         eps: added to the denominator, explicit so that a near-zero denominator stays visible.
         chunk_size: C of the chunked form.
-        impl: "quadratic" (oracle), "recurrent" (token loop), "chunked", "auto" (the fused kernels where
-            they apply, else chunked; module docstring) or "triton" (the fused kernels, or ValueError).
+        impl: "quadratic" (oracle), "recurrent" (token loop), "chunked", "auto" (chunked until a GPU run has
+            checked the fused kernels; module docstring) or "triton" (the fused kernels, or ValueError).
         denominator_features: (qd, kd), each (B, H, N, Dd): the features the denominator (and a state's
             k_sum) uses instead of q, k, e.g. features without positional transform (RoFormer Eq. 19).
         initial_state: causal only: the state of the tokens before this block (prefill, then decode).

@@ -33,7 +33,8 @@ class LinearAttention(nn.Module):
         head_dim: per-head width D; defaults to d_model // num_heads (which must then divide evenly).
         feature_map, positional, p, theta, normalize, causal, impl, chunk_size: passed to
             ``LinearAttentionCore`` (LRPE parameters are shared across heads, as in the paper's code).
-            impl defaults to "auto": the fused Triton kernels on CUDA where they apply, torch elsewhere.
+            impl defaults to "auto": the torch chunked path, on CUDA too until a GPU run has checked the
+            fused Triton kernels (``lrpe.kernels.dispatch.AUTO_TAKES_FUSED``); impl="triton" opts in to them.
         norm: "rmsnorm" (default), "layernorm" or "none", over the merged heads (H * D) before the output
             projection.
         bias: bias in the four projections.

@@ -234,3 +234,22 @@ def test_bad_state_and_step_input() -> None:
         linear_attention_step(q, k, v)
     with pytest.raises(ValueError, match=r"got q \(2, 3, 8\), k \(2, 3, 7\)"):
         linear_attention_step(q[:, :, 0], k[:, :, 0, :7], v[:, :, 0])
+
+
+def test_auto_keeps_the_torch_path_on_cuda_until_a_gpu_run_has_checked_the_kernels():
+    # A stand-in for CUDA tensors (only the device is read before the verdict), so this runs without a GPU.
+    from types import SimpleNamespace
+
+    from lrpe.core import LinearAttentionCore
+    from lrpe.kernels import dispatch
+
+    cuda_q = SimpleNamespace(device=torch.device("cuda"))
+    assert dispatch.AUTO_TAKES_FUSED is False
+    core = LinearAttentionCore(64, positional="orthogonal", impl="auto")
+    # LinearAttention / LinearAttentionCore(impl="auto") and linear_attention(impl="auto") both ask here.
+    assert dispatch.unsupported_reason(core, cuda_q, cuda_q, cuda_q, 0, has_state=False, forced=False) == \
+        dispatch.AUTO_REASON
+    assert dispatch.fused_numerator(cuda_q, cuda_q, cuda_q, causal=True, chunk_size=64, has_state=False,
+                                    forced=False) is None
+    # impl="triton" opts in: nothing about the device stops it where triton imports.
+    assert dispatch._placement_reason(cuda_q, forced=True) == dispatch.triton_reason()

@@ -474,34 +474,46 @@ def test_cuda_float32_matches_oracle(kind, causal, segment_chunks, feature_map):
 
 
 @on_gpu
-def test_auto_selects_kernels_on_cuda():
-    from lrpe.kernels.dispatch import unsupported_reason
+def test_auto_keeps_the_torch_path_on_cuda_and_triton_opts_in():
+    # Until a GPU run has checked the kernels (lrpe.kernels.dispatch.AUTO_TAKES_FUSED), "auto" is the chunked
+    # torch path on CUDA; impl="triton" takes the kernels.
+    from lrpe.kernels.dispatch import AUTO_REASON, AUTO_TAKES_FUSED, unsupported_reason
     from lrpe.kernels.function import fused_lrpe_linear_attention
 
-    core = LinearAttentionCore(64, positional="orthogonal", impl="auto").cuda()
+    assert not AUTO_TAKES_FUSED
+    auto = LinearAttentionCore(64, positional="orthogonal", impl="auto").cuda()
     q, k, v = (torch.randn(1, 2, 300, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-    assert unsupported_reason(core, q, k, v, 0, has_state=False, forced=False) is None
-    torch.testing.assert_close(core(q, k, v), fused_lrpe_linear_attention(q, k, v, core.positional),
+    assert unsupported_reason(auto, q, k, v, 0, has_state=False, forced=False) == AUTO_REASON
+    chunked = LinearAttentionCore(64, positional="orthogonal", impl="chunked").cuda()
+    torch.testing.assert_close(auto(q, k, v), chunked(q, k, v), rtol=0, atol=0)
+    forced = LinearAttentionCore(64, positional="orthogonal", impl="triton").cuda()
+    torch.testing.assert_close(forced(q, k, v), fused_lrpe_linear_attention(q, k, v, forced.positional),
                                rtol=0, atol=0)
 
 
 @on_gpu
 @pytest.mark.parametrize("normalize", [False, True])
-def test_functional_auto_selects_kernels_on_cuda(normalize):
+def test_functional_auto_is_chunked_on_cuda_and_triton_takes_the_kernels(normalize):
     from lrpe import LinearAttention, linear_attention
     from lrpe.kernels.dispatch import fused_numerator
 
     q, k = (torch.rand(1, 2, 300, 64, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     v = torch.randn(1, 2, 300, 64, device="cuda", dtype=torch.bfloat16)
-    num = fused_numerator(q, k, v, causal=True, chunk_size=64, has_state=False, forced=False)
-    assert num is not None
-    got = linear_attention(q, k, v, normalize=normalize)  # impl="auto" is the default
+    assert fused_numerator(q, k, v, causal=True, chunk_size=64, has_state=False, forced=False) is None
+    num = fused_numerator(q, k, v, causal=True, chunk_size=64, has_state=False, forced=True)
+    torch.testing.assert_close(linear_attention(q, k, v, normalize=normalize),  # impl="auto" is the default
+                               linear_attention(q, k, v, normalize=normalize, impl="chunked"), rtol=0, atol=0)
+    got = linear_attention(q, k, v, normalize=normalize, impl="triton")
     want = linear_attention(q.double(), k.double(), v.double(), normalize=normalize, impl="quadratic")
     assert ((got.double() - want).abs().max() / want.abs().max()).item() < 3e-2
     if not normalize:
         torch.testing.assert_close(got, num, rtol=0, atol=0)
     layer = LinearAttention(128, 2, positional="orthogonal").cuda().bfloat16()  # impl="auto" by default
     x = torch.randn(1, 300, 128, device="cuda", dtype=torch.bfloat16)
-    chunked = LinearAttention(128, 2, positional="orthogonal", impl="chunked").cuda().bfloat16()
-    chunked.load_state_dict(layer.state_dict())
-    assert ((layer(x) - chunked(x)).abs().max() / chunked(x).abs().max()).item() < 3e-2
+    for impl in ("chunked", "triton"):
+        other = LinearAttention(128, 2, positional="orthogonal", impl=impl).cuda().bfloat16()
+        other.load_state_dict(layer.state_dict())
+        if impl == "chunked":
+            torch.testing.assert_close(layer(x), other(x), rtol=0, atol=0)
+        else:
+            assert ((layer(x) - other(x)).abs().max() / layer(x).abs().max()).item() < 3e-2

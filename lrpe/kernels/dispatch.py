@@ -1,9 +1,10 @@
 """Choosing the fused Triton kernels for a ``LinearAttentionCore`` or ``lrpe.linear_attention`` call (impl
 "auto" or "triton").
 
-"auto" takes the kernels for CUDA tensors when Triton imports and the call is one they compute (below), and
-otherwise falls back to the torch path (the oracle). "triton" is forced: it runs the kernels or raises
-ValueError with the reason, never falls back. Forced calls on CPU tensors run only when the kernels were
+"auto" keeps the torch path (the oracle's chunked form) on CUDA until a GPU run has checked the kernels
+(``AUTO_TAKES_FUSED``); once one has, it takes the kernels for CUDA tensors when Triton imports and the call is
+one they compute (below), and otherwise falls back to the torch path. "triton" is forced: it runs the kernels
+or raises ValueError with the reason, never falls back. Forced calls on CPU tensors run only when the kernels were
 defined under the Triton interpreter (TRITON_INTERPRET=1 when ``lrpe.kernels.function`` was imported), which
 is how the CPU tests use them.
 
@@ -34,6 +35,14 @@ from lrpe.encoding import LRPE
 from lrpe.feature_maps import elu1
 
 FUSED_IMPLS: tuple[str, ...] = FORCED_FUSED
+AUTO_TAKES_FUSED = False
+"""Whether impl="auto" takes the fused kernels on CUDA. False until a GPU run has checked them: values and
+gradients against the float64 oracle (tests/test_triton_kernels.py's CUDA tests, ``scripts/gpu_session.sh
+selfcheck``) with the result recorded in docs/kernels.md. Until then "auto" keeps the torch chunked path on a
+GPU and impl="triton" opts in. The kernels have only run under the Triton interpreter on CPU and been compiled
+ahead of time for sm_90/sm_80."""
+AUTO_REASON = ("impl='auto' keeps the torch path on CUDA: the fused kernels have not been checked on a GPU yet "
+               "(lrpe.kernels.dispatch.AUTO_TAKES_FUSED; impl='triton' opts in)")
 FUSED_HEAD_DIMS: tuple[int, ...] = (64, 128)
 """D and DV the kernels take: the ones compile_check covers (D = 16 orthogonal would make 8-wide dots)."""
 FLOAT32_KINDS: tuple[str, ...] = ("none", "orthogonal", "permutation")
@@ -81,9 +90,12 @@ def _interpreting() -> bool:
 
 
 def _placement_reason(q: Tensor, *, forced: bool) -> str | None:
-    """Why the kernels cannot run on q's device here (CUDA, or CPU under a forced interpreted call), or None."""
+    """Why the kernels cannot run on q's device here (CUDA, or CPU under a forced interpreted call), or None;
+    an unforced ("auto") call on CUDA is refused while ``AUTO_TAKES_FUSED`` is False."""
     if q.device.type != "cuda" and not (forced and _interpreting() and q.device.type == "cpu"):
         return f"the fused kernels need CUDA tensors (or TRITON_INTERPRET=1 on CPU), got device {q.device}"
+    if not forced and not AUTO_TAKES_FUSED:
+        return AUTO_REASON
     return triton_reason()
 
 
