@@ -48,7 +48,8 @@ class LinearAttentionCore(nn.Module):
         num_heads: None shares LRPE parameters across heads; an int gives each head its own.
         feature_map: a name of ``lrpe.FEATURE_MAPS`` ("elu1" default) or a callable.
         positional: "none", "unitary", "orthogonal", "permutation" (an LRPE built with p, theta, seed,
-            num_heads) or a module with ``forward(x, offset) -> x'`` (e.g. RoPE).
+            num_heads) or a module with ``forward(x, offset) -> x'`` (e.g. RoPE); one that also has
+            ``forward_pair(q, k, offset, *, inplace) -> (q', k')`` (LRPE, RoPE) is called through it.
         p, theta: the LRPE's P matrix and theta mode (see ``lrpe.LRPE``).
         qk_transform: optional module with ``forward(q, k, offset) -> (q', k')`` applied before the feature
             map (e.g. SPE).
@@ -101,7 +102,9 @@ class LinearAttentionCore(nn.Module):
         qf, kf = self.feature_map(q), self.feature_map(k)
         if self.positional is None:
             return qf, kf, qf, kf
-        if isinstance(self.positional, LRPE):
+        if hasattr(self.positional, "forward_pair"):
+            # LRPE and RoPE: Lambda^s computed once for q and k, and the same in-place licence for both, so
+            # that neither encoding gets engineering the other lacks (docs/fairness.md).
             inplace = (not keep_untransformed and _fresh(qf, q) and _fresh(kf, k)
                        and not (torch.is_grad_enabled() and (qf.requires_grad or kf.requires_grad)))
             qp, kp = self.positional.forward_pair(qf, kf, offset, inplace=inplace)

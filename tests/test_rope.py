@@ -177,3 +177,85 @@ def test_roformer_linear_attention_rotates_the_numerator_only(layout, n):
     numerator = ((rq @ rk.transpose(-1, -2)) * mask) @ v
     denominator = ((phi(q) @ phi(k).transpose(-1, -2)) * mask).sum(-1, keepdim=True)
     torch.testing.assert_close(out, numerator / (denominator + 1e-6), atol=1e-10, rtol=1e-10)
+
+
+# ---- the fast paths (one pass, tables per block, in place) against the float64 oracle ----------------------
+
+
+@pytest.fixture
+def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks of 16 rows, so that the half-split rotation crosses several block edges at test sizes."""
+    import lrpe.rotation
+
+    monkeypatch.setattr(lrpe.rotation, "_HALF_SPLIT_BLOCK_BYTES", 1)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize(("b", "h", "n", "d"), [(1, 1, 1, 2), (2, 3, 37, 8), (1, 4, 70, 64), (2, 1, 33, 128)])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_forward_pair_equals_the_float64_oracle(small_blocks, layout, b, h, n, d, inplace) -> None:
+    g = torch.Generator().manual_seed(n * d)
+    q, k = (torch.randn(b, h, n, d, generator=g, dtype=torch.float64) for _ in range(2))
+    truth_q, truth_k = _float64_truth(q, 123, layout), _float64_truth(k, 123, layout)
+    qc, kc = q.clone(), k.clone()
+    rq, rk = RoPE(d, layout=layout).forward_pair(qc, kc, offset=123, inplace=inplace)
+    torch.testing.assert_close(rq, truth_q, rtol=0, atol=1e-13)
+    torch.testing.assert_close(rk, truth_k, rtol=0, atol=1e-13)
+    # in place: the caller's temporaries are overwritten and returned; otherwise they are left alone
+    assert (rq.data_ptr() == qc.data_ptr()) == inplace and (rk.data_ptr() == kc.data_ptr()) == inplace
+    if not inplace:
+        assert torch.equal(qc, q) and torch.equal(kc, k)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("n", [5, 50])
+def test_gradients_equal_the_float64_oracle(small_blocks, layout: str, n: int) -> None:
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(2, 3, n, 16, generator=g, dtype=torch.float64, requires_grad=True)
+    grad_out = torch.randn(2, 3, n, 16, generator=g, dtype=torch.float64)
+    (got,) = torch.autograd.grad(apply_rope(x, offset=9, layout=layout), x, grad_out)
+    (want,) = torch.autograd.grad(_float64_truth(x, 9, layout), x, grad_out)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-13)
+    assert torch.autograd.gradcheck(lambda t: apply_rope(t, offset=9, layout=layout), (x[:1, :1, :4],))
+
+
+def test_half_split_rotation_per_head_phasors_and_learned_angles(small_blocks) -> None:
+    """rotate_half_split with (H, N, D/2) phasors equals rotate_pairs, and is differentiable in the phasors
+    when they require grad (through the plain real form)."""
+    from lrpe.rotation import position_phasors, rotate_half_split
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 40, 8, generator=g, dtype=torch.float64)
+    theta = torch.rand(3, 4, generator=g, dtype=torch.float64).requires_grad_(True)
+
+    def phasors() -> torch.Tensor:
+        return position_phasors(theta, 40, 7, torch.float64)
+
+    expected = rotate_pairs(x, phasors().real, phasors().imag, "half")
+    torch.testing.assert_close(rotate_half_split(x, phasors()), expected, rtol=0, atol=1e-14)
+    (got,) = torch.autograd.grad((rotate_half_split(x, phasors()) * x).sum(), theta)
+    (want,) = torch.autograd.grad((expected * x).sum(), theta)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    assert want.abs().max() > 1e-3
+    phasors = phasors().detach()
+    with pytest.raises(ValueError, match="one row per position"):
+        rotate_half_split(x, phasors[:, :39])
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_linear_core_in_place_rotation_leaves_inputs_and_equals_the_oracle(layout: str) -> None:
+    """Inference through the core lets RoPE rotate phi(q), phi(k) in place (as LRPE-orthogonal): the caller's
+    q, k stay unchanged and the output equals the quadratic oracle of rotated features."""
+    from lrpe import LinearAttentionCore, get_feature_map
+
+    g = torch.Generator().manual_seed(11)
+    q, k, v = (torch.randn(1, 2, 45, 16, generator=g, dtype=torch.float64) for _ in range(3))
+    q0, k0 = q.clone(), k.clone()
+    core = LinearAttentionCore(16, positional=RoPE(16, layout=layout), chunk_size=8)
+    with torch.no_grad():
+        out = core(q, k, v, offset=3)
+    assert torch.equal(q, q0) and torch.equal(k, k0)
+    phi = get_feature_map("elu1")
+    rq, rk = _float64_truth(phi(q), 3, layout), _float64_truth(phi(k), 3, layout)
+    expected = ((rq @ rk.mT) * torch.ones(45, 45, dtype=torch.bool).tril()) @ v
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
