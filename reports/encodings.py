@@ -84,12 +84,10 @@ def quality(frame: pd.DataFrame) -> pd.DataFrame:
     if not analysis.has(ok, "variant", "eval_len", "bits_per_byte"):
         return pd.DataFrame()
     ok = ok[ok["bits_per_byte"].notna() & ok["eval_len"].notna()].copy()
-    if "bits_per_byte_se" in ok and ok["bits_per_byte_se"].notna().any():
-        ok["_se"] = ok["bits_per_byte_se"].astype(float)
-    elif "loss_se" in ok:
-        ok["_se"] = ok["loss_se"].astype(float) / LN2
-    else:
-        ok["_se"] = math.nan
+    # Per row: its bits_per_byte_se, else its loss_se converted (a frame may join runs that store either).
+    direct = ok["bits_per_byte_se"].astype(float) if "bits_per_byte_se" in ok else pd.Series(math.nan, ok.index)
+    converted = ok["loss_se"].astype(float) / LN2 if "loss_se" in ok else pd.Series(math.nan, ok.index)
+    ok["_se"] = direct.fillna(converted)
     ok["_seed"] = ok["seed"].astype("Int64").fillna(-1) if "seed" in ok else -1
     for column in ("protocol", "train_len"):
         ok[column] = ok.get(column, None)

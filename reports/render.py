@@ -320,7 +320,25 @@ def cost_section(costs: pd.DataFrame, styles: plots.Styles | None) -> str:
                    "Time and peak memory of each encoded variant over its family's plain attention on the same "
                    "backend at the same config (e.g. linear-rope@torch-chunked / linear@torch-chunked), "
                    "against N; x1 is no cost, below x1 the encoded variant was faster or smaller.")
-            + table(costs, precision=3))
+            + _cost_table(costs))
+
+
+def _cost_table(costs: pd.DataFrame) -> str:
+    """The cost rows as one line per encoded variant, a time and a memory column per N."""
+    keys = [c for c in costs.columns if c in analysis.PANEL_BASE + analysis.PANEL_EXTRA]
+    index = [*keys, "variant", "reference"]
+    wide = costs.pivot_table(index=index, columns="N", values=["time ratio", "memory ratio"], aggfunc="last")
+    ordered = [(what, n) for what in ("time ratio", "memory ratio") for n in sorted(costs["N"].unique())
+               if (what, n) in wide.columns]
+    wide = wide[ordered]
+    wide.columns = [f"{'time' if what == 'time ratio' else 'memory'} x @ {plots.format_tokens(n)}"
+                    for what, n in ordered]
+    noisy = costs[costs["high variance"] != ""].groupby("variant")["N"].apply(
+        lambda ns: ", ".join(plots.format_tokens(n) for n in sorted(ns)))
+    out = wide.reset_index()
+    out["high variance at N"] = [noisy.get(variant, "") for variant in out["variant"]]
+    return (table(out, precision=3) + "<p class='note'>x = the encoded variant's median time (or peak) over its "
+            "reference's at that N; high variance: N where either timing has an IQR above 10% of its median.</p>")
 
 
 def tradeoff_section(frame: pd.DataFrame, styles: plots.Styles | None) -> str:
@@ -346,7 +364,19 @@ def beyond_section(found: pd.DataFrame) -> str:
             "the measured lengths (cache or memory tiers, another kernel path), so read them as the least "
             "uncertainty there is. Fits memory: the prediction plus the inputs (q, k, v) against the device's "
             "total memory recorded in environment.json: yes when even the interval's top fits, no when the "
-            "estimate does not, uncertain between.</p>" + table(found))
+            "estimate does not, uncertain between.</p>" + _beyond_tables(found))
+
+
+def _beyond_tables(found: pd.DataFrame) -> str:
+    """The predictions as two tables that fit the page: time, then peak memory with the memory check."""
+    keys = [c for c in found.columns if c == "variant" or c in beyond.SERIES_COLUMNS]
+    time_columns = [c for c in found.columns if c in ("measured N", "fitted from N", "time exponent", "note")
+                    or c.startswith("time @")]
+    peak_columns = [c for c in found.columns if c == "memory exponent" or c.startswith(("peak @", "fits memory @"))]
+    parts = ["<h3>Time per call, seconds</h3>", table(found[keys + time_columns])]
+    if peak_columns:
+        parts += ["<h3>Peak memory above the inputs, GiB</h3>", table(found[keys + peak_columns])]
+    return "".join(parts)
 
 
 def render_runs(runs: Sequence[Run], baseline: Sequence[Run] = (), *, title: str | None = None) -> str:

@@ -15,7 +15,7 @@ from bench.record import to_frame
 from bench.sweep.presets import load_spec
 from bench.sweep.session import Sweep
 from bench.sweep.store import RunStore
-from reports import analysis
+from reports import analysis, beyond, encodings
 from reports.__main__ import main as reports_main
 from reports.load import Run, ceilings_by_dtype, load_run, run_ceilings
 from reports.render import REPORT_FILE, render_runs
@@ -420,3 +420,121 @@ def test_compare_takes_no_time_ratio_between_different_timers():
     same, _ = analysis.compare(to_frame([timed("perf_counter", 2.0)]), to_frame([timed("perf_counter", 1.0)]))
     assert same.iloc[0]["time ratio"] == pytest.approx(2.0) and same.iloc[0]["time verdict"] == "regression"
     assert "timers" not in same
+
+
+def _extrap_row(variant: str, eval_len: int, bpb: float, seed: int = 0, **extra) -> dict:
+    return {"key": f"e|{variant}|{eval_len}|{seed}", "task": "extrapolation", "variant": variant, "status": "ok",
+            "protocol": "non-overlapping", "train_len": 128, "eval_len": eval_len, "seed": seed,
+            "bits_per_byte": bpb, "perplexity": 2.0**bpb, **extra}
+
+
+def _section(text: str, name: str) -> str:
+    return text.split(f"<section id='{name}'")[1].split("</section>")[0]
+
+
+def test_findings_open_the_report_and_the_appendix_is_collapsed(real_run):
+    text = render_runs([load_run(real_run)])
+    found = structure(text)
+    assert found.sections[0] == "findings"
+    findings = _section(text, "findings")
+    assert "the longest timed, the fastest is" in findings and "N = 128" in findings
+    for name in ("environment", "rows", "flops"):  # collapsed: the content sits inside a closed <details>
+        section = _section(text, name)
+        assert section.startswith(" class='appendix'><details><summary><h2>") and "<details open" not in section[:60]
+    assert text.index("<section id='findings'") < text.index("<section id='time'") < text.index(
+        "<section id='summary'") < text.index("<section id='environment'")
+
+
+def test_cost_of_each_encoding_is_over_its_family_plain_attention_on_the_same_backend():
+    """linear-rope@a costs 2x the time and 3x the memory of linear@a; softmax-rope@b 1.5x softmax@b's time;
+    linear-rope@c has no plain linear@c beside it and gets no cost row."""
+    rows = []
+    for n in (256, 512, 1024):
+        rows += [_row("linear@a", n, 0.01 * n, peak=1e6), _row("linear-rope@a", n, 0.02 * n, peak=3e6),
+                 _row("softmax@b", n, 1e-4 * n * n, family="softmax", peak=2e6),
+                 _row("softmax-rope@b", n, 1.5e-4 * n * n, family="softmax", peak=2e6),
+                 _row("linear-rope@c", n, 0.05 * n)]
+    costs = encodings.encoding_costs(to_frame(rows))
+    assert set(costs["variant"]) == {"linear-rope@a", "softmax-rope@b"}
+    by = costs.set_index(["variant", "N"])
+    assert by.loc[("linear-rope@a", 512), "time ratio"] == pytest.approx(2.0)
+    assert by.loc[("linear-rope@a", 512), "memory ratio"] == pytest.approx(3.0)
+    assert by.loc[("softmax-rope@b", 1024), "time ratio"] == pytest.approx(1.5)
+    assert by.loc[("softmax-rope@b", 1024), "reference"] == "softmax@b"
+    text, found = _render(rows)
+    assert len(found.figures["cost"]) == 1
+    cost = _section(text, "cost")
+    assert "time x @ 1k" in cost and "memory x @ 256" in cost
+    findings = _section(text, "findings")
+    assert "Cost over linear@a at N = 1k (D = 64, fwd): rope x2.00 time, x3.00 memory" in findings
+    assert "Cost over softmax@b at N = 1k (D = 64, fwd): rope x1.50 time, x1.00 memory" in findings
+
+
+def test_quality_uses_the_rows_standard_error_and_the_seed_spread():
+    rows = [_extrap_row("linear-lrpe-unitary@x", 512, bpb, seed=s, loss_se=0.01 * math.log(2))
+            for s, bpb in enumerate((2.0, 2.2, 2.4))]
+    rows += [_extrap_row("softmax@y", 512, 3.0, bits_per_byte_se=0.05), _extrap_row("softmax@y", 1024, 3.5),
+             _extrap_row("linear-lrpe-unitary@x", 256, 1.0)]
+    # loss_se and bits_per_byte_se are being added to bench.record by the extrapolation workload: the frame is
+    # built as it will be read, without the schema's check, so that the report is ready for them
+    frame = pd.DataFrame(rows)
+    found = encodings.quality(frame).set_index("variant")
+    unitary = found.loc["linear-lrpe-unitary@x"]
+    assert unitary["eval_len"] == 512  # the longest length both variants reached, not softmax's 1024
+    assert unitary["bits/byte"] == pytest.approx(2.2) and unitary["seeds"] == 3
+    assert unitary["seed sd"] == pytest.approx(0.2) and unitary["error"] == pytest.approx(0.2)
+    assert unitary["SE"] == pytest.approx(0.01 * math.sqrt(3) / 3)
+    assert found.loc["softmax@y", "error"] == pytest.approx(0.05) and math.isnan(found.loc["softmax@y", "seed sd"])
+    bare = encodings.quality(to_frame([_extrap_row("a@x", 512, 2.0), _extrap_row("b@x", 512, 2.5)]))
+    assert bare["error"].isna().all()  # neither SE nor seeds: no noise, not a zero
+    text = render_runs([Run(path=Path("/nowhere/x"), run_id="x", frame=frame, sessions=[])])
+    findings = _section(text, "findings")
+    assert "best linear-lrpe-unitary@x 2.200 bits/byte ± 0.200 (seed sd over 3 seeds, SE 0.006)" in findings
+    assert "worst softmax@y 3.000 ± 0.050 (standard error; one seed)" in findings
+    assert "the gap, 0.800 bits/byte, is 4.0 x the larger noise" in findings
+
+
+def test_speed_against_quality_has_one_point_per_variant_and_the_pareto_front():
+    speed = [_row(v, n, ms * n, family=v.split("-")[0].split("@")[0])
+             for v, ms in (("linear@a", 0.01), ("linear-lrpe-unitary@a", 0.02), ("softmax@b", 0.05),
+                           ("linear-rope@a", 0.03))
+             for n in (256, 512)]
+    speed.append(_row("softmax@b", 1024, 50.0, family="softmax"))  # only softmax reaches 1k: common N is 512
+    extrap = [_extrap_row("linear@a", 512, 3.0), _extrap_row("linear-lrpe-unitary@a", 512, 2.0),
+              _extrap_row("softmax@b", 512, 2.5), _extrap_row("linear-rope@a", 512, 3.5)]
+    table, note = encodings.speed_quality(to_frame(speed + extrap))
+    assert "N = 512" in note
+    front = dict(zip(table["variant"], table["Pareto"], strict=True))
+    # rope is slower than plain and worse: dominated; softmax is slower than unitary and worse: dominated
+    assert front == {"linear@a": True, "linear-lrpe-unitary@a": True, "softmax@b": False, "linear-rope@a": False}
+    _, found = _render(speed + extrap)
+    assert found.sections.index("tradeoff") < found.sections.index("time")
+    assert len(found.figures["tradeoff"]) == 1
+    _, speed_only = _render(speed)
+    assert "tradeoff" not in speed_only.sections
+
+
+def test_predictions_at_128k_and_1m_follow_the_power_law_and_check_the_device_memory():
+    """time = 1e-6 N^2 ms with 1% noise at 5 lengths, peak = 1000 N bytes exactly; the GPU has 80 GiB. At 1M
+    the time is 1.1e6 s (interval around it); the peak is 1000 x 2^20 B = 0.98 GiB plus q, k, v of
+    3 x 4 heads x 2^20 x 64 x 4 B = 3 GiB: it fits."""
+    rng = np.random.default_rng(1)
+    ns = [1024 * 2**k for k in range(5)]
+    rows = [{**_row("softmax@b", n, 1e-6 * n * n * (1 + 0.01 * rng.standard_normal()), family="softmax",
+                    peak=1000.0 * n), "heads": 4, "batch": 1, "device_name": "H100"} for n in ns]
+    frame = to_frame(rows)
+    predicted = beyond.predictions(frame, {"H100": 80 * 2**30}).iloc[0]
+    estimate, interval = predicted["time @ 1M, s"].split(" [")
+    low, high = (float(x) for x in interval.rstrip("]").split(", "))
+    truth = 1e-6 * 2.0**40 / 1e3
+    assert float(estimate) == pytest.approx(truth, rel=0.1) and low < truth < high
+    assert predicted["peak @ 1M, GiB"].startswith("0.977")
+    assert predicted["fits memory @ 1M"] == "yes (of 80 GiB)"
+    assert beyond.predictions(frame, {"H100": 2 * 2**30}).iloc[0]["fits memory @ 1M"] == "no (of 2 GiB)"
+    assert beyond.predictions(frame, {}).iloc[0]["fits memory @ 128k"] == "memory not recorded"
+    run = Run(path=Path("/nowhere/x"), run_id="x", frame=frame,
+              sessions=[{"device_name": "H100", "gpu": {"memory_total_bytes": 80 * 2**30}}])
+    text = render_runs([run])
+    section = _section(text, "beyond")
+    assert "Extrapolated, not measured." in section and "yes (of 80 GiB)" in section
+    assert "Extrapolated, not measured: at 1M tokens the fit predicts softmax@b fastest" in _section(text, "findings")
