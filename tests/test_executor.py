@@ -9,7 +9,7 @@ from torch import nn
 
 from bench.config import BenchConfig
 from bench.measure.allocator import TIMING, current_regime, malloc_info, unmanaged_label
-from bench.measure.timing import TimingSettings
+from bench.measure.timing import Timing, TimingSettings
 from bench.registry import get_variant
 from bench.sweep import planner
 from bench.sweep.executor import Executor, classify_failure, make_workload
@@ -208,3 +208,39 @@ def test_cpu_rows_record_the_allocator_regime_and_page_faults():
     assert row["alloc_regime"] == allocator_label()
     assert row["minor_faults_per_call"] >= 0
     assert current_regime() is None  # the timing regime ended with the timed calls
+
+
+class CompilesOnFirstCall(nn.Module):
+    """A kernel whose first call pays a 0.3 s compile (Triton JIT, fla's autotune); later calls are fast."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, q, k, v, offset=0):
+        self.calls += 1
+        if self.calls == 1:
+            import time
+
+            time.sleep(0.3)
+        return v
+
+
+def test_a_timer_sizes_its_rounds_from_a_call_after_the_compile():
+    # pytest-benchmark's pedantic mode fixes its rounds from the per-call time the executor passes: sized from
+    # the warm-up's compile-laden first call (0.3 s), a GPU's 1 s max_time_s gives repeats_for 4 rounds.
+    seen = []
+
+    def timer(fn, seconds_per_call):
+        seen.append(seconds_per_call)
+        return Timing.from_samples([1e-4] * 3, timer="test-clock")
+
+    variant = Variant(name="x@naive", family="linear", pe="none", backend="naive",
+                      builder=lambda spec: CompilesOnFirstCall(), time_complexity="linear",
+                      memory_complexity="linear")
+    settings = replace(FAST, warmup_min_s=0.05)  # the 0.3 s first call alone meets the warm-up's minimum
+    row = Executor(settings, telemetry=False).run(config("x@naive"), variant, timer)
+    assert row["status"] == "ok", row["reason"]
+    (seconds_per_call,) = seen
+    assert seconds_per_call < 0.05
+    assert row["warmup_calls"] == 2  # the compile call, and the one the rounds were sized from

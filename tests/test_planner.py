@@ -11,6 +11,7 @@ from bench.registry import get_variant
 from bench.sweep.dryrun import dry_run
 from bench.sweep.planner import (
     COMPILE_SECONDS,
+    SHARED_COMPILE,
     Budget,
     CallModel,
     Planned,
@@ -188,3 +189,45 @@ def test_shards_partition_the_plan():
 def test_bad_shard_is_named(text):
     with pytest.raises(ValueError, match=repr(text)):
         parse_shard(text)
+
+
+def _cuda(name: str, n: int, pass_: str = "fwd", d: int = 64) -> BenchConfig:
+    return BenchConfig(variant=name, n=n, d=d, device="cuda", dtype="bfloat16", pass_=pass_)
+
+
+def test_triton_jit_and_fla_autotune_count_once_against_the_total_limit():
+    jit = SHARED_COMPILE[("triton", "cuda", "fwd")][0].seconds
+    autotune, fla_jit = (e.seconds for e in SHARED_COMPILE[("fla", "cuda", "fwd+bwd")])
+    calls_s = 0.007  # SEVEN_CALLS of 1 ms
+    pred = Prediction(0.001, None, "test")
+    # The first config of a fused-kernel series pays the JIT: over a total limit its calls alone would fit.
+    first = Planned(_cuda("linear-lrpe-orthogonal@triton", 4096), get_variant("linear-lrpe-orthogonal@triton"))
+    tight = budget(total_seconds=jit / 2)
+    reason = tight.decide(first, pred, [], elapsed_s=0)
+    assert reason is not None and f"plus Triton JIT {jit:g} s (estimate)" in reason
+    assert budget(total_seconds=jit + 1).decide(first, pred, [], elapsed_s=0) is None
+    # The next N of the series reuses the process's compiled kernels (they do not specialise on N).
+    done = [{**_cuda("linear-lrpe-orthogonal@triton", 1024).as_row(), "status": "ok"}]
+    assert tight.decide(first, pred, done, elapsed_s=0) is None
+    assert tight.shared_compile_seconds(first, done) == (0.0, [])
+    # Another D is another series: compiled again.
+    wide = Planned(_cuda("linear-lrpe-orthogonal@triton", 4096, d=128), first.variant)
+    assert tight.shared_compile_seconds(wide, done)[0] == jit
+    # fla autotunes once per run and pass, whatever the variant or D; each series still compiles its choice.
+    fla = Planned(_cuda("linear@fla", 4096, "fwd+bwd"), get_variant("linear@fla"))
+    assert budget().shared_compile_seconds(fla, [])[0] == autotune + fla_jit
+    other_fla = [{**_cuda("linear-lrpe-orthogonal@fla", 1024, "fwd+bwd", d=128).as_row(), "status": "ok"}]
+    assert budget().shared_compile_seconds(fla, other_fla)[0] == fla_jit
+    not_ok = [{**other_fla[0], "status": "error"}]  # a config that failed compiled nothing to reuse
+    assert budget().shared_compile_seconds(fla, not_ok)[0] == autotune + fla_jit
+    # The per-config limit is for a config's calls: the shared compile does not make it over-budget.
+    assert budget(config_seconds=calls_s * 2).decide(fla, pred, [], elapsed_s=0) is None
+
+
+def test_call_model_of_the_pytest_timer_counts_the_call_that_sizes_its_rounds():
+    settings = TimingSettings(warmup_min_calls=1, warmup_min_s=0.05, min_repeats=5, max_repeats=100,
+                              min_time_s=0.1, max_time_s=1.0)
+    pytest_timer = CallModel(settings, "pytest-benchmark:time.perf_counter")
+    assert pytest_timer.calls(0.1)["warmup"] == 2  # one warm-up call, then one after it (steady_call_seconds)
+    assert pytest_timer.calls(0.01)["warmup"] == 5  # five warm-up calls: their median after the first
+    assert CallModel(settings, "perf_counter").calls(0.1)["warmup"] == 1

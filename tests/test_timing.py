@@ -313,3 +313,44 @@ def test_executor_counts_the_timers_wall_time_and_stores_its_name():
     assert row["status"] == "ok", row["reason"]
     assert row["timer"] == "test-clock"
     assert row["workload_s"] >= 0.2 + 3 * row["time_min_ms"] / 1e3
+
+
+def test_cuda_event_clock_queues_start_call_and_end_with_no_host_wait_between(monkeypatch):
+    # Through pytest-benchmark's own round runner, with CUDA events replaced by ones that log what the host
+    # does: like do_bench, start event, call and end event are queued back to back, and only the duration
+    # pytest-benchmark computes afterwards waits (for the end event). A clock that waited at each reading
+    # would idle the GPU while the host prepares the call and count that time in the sample.
+    from types import SimpleNamespace
+
+    from pytest_benchmark.fixture import BenchmarkFixture
+
+    from bench.measure.timing import cuda_event_clock
+
+    log: list[tuple] = []
+
+    class LoggingEvent:
+        made = 0
+
+        def __init__(self, enable_timing: bool = False) -> None:
+            assert enable_timing
+            LoggingEvent.made += 1
+            self.id = LoggingEvent.made
+
+        def record(self, stream=None) -> None:
+            log.append(("record", self.id))
+
+        def synchronize(self) -> None:
+            log.append(("wait", self.id))
+
+        def elapsed_time(self, end) -> float:
+            log.append(("elapsed", self.id, end.id))
+            return 2.5  # ms
+
+    monkeypatch.setattr(torch.cuda, "Event", LoggingEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *args: log.append(("wait", "device")))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    fixture = SimpleNamespace(_timer=cuda_event_clock, _disable_gc=False)
+    runner = BenchmarkFixture._make_runner(fixture, lambda: log.append(("call",)), (), {})
+    duration, _ = runner(None)
+    assert duration == pytest.approx(2.5e-3)
+    assert log == [("record", 1), ("call",), ("record", 2), ("wait", 2), ("elapsed", 1, 2)]

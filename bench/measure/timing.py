@@ -278,20 +278,37 @@ def cuda_l2_flush(device: str | torch.device) -> Callable[[], None]:
     return flush
 
 
-_CLOCK_ORIGINS: dict[int, torch.cuda.Event] = {}
+class CudaEventStamp:
+    """One reading of ``cuda_event_clock``: a CUDA event recorded on the current stream and not waited for.
+
+    ``end - start`` (two stamps) waits for ``end`` and returns the GPU seconds between the two events, a float:
+    pytest-benchmark computes each round's duration exactly so (``fixture.py``, ``_make_runner``), after the
+    call, so nothing between the readings waits for the GPU."""
+
+    __slots__ = ("event",)
+
+    def __init__(self, event: torch.cuda.Event) -> None:
+        self.event = event
+
+    def __sub__(self, start: object) -> float:
+        if not isinstance(start, CudaEventStamp):
+            return NotImplemented
+        self.event.synchronize()
+        return start.event.elapsed_time(self.event) / 1e3
 
 
-def cuda_event_clock() -> float:
-    """GPU time in seconds: records a CUDA event on the current stream, waits for it, and returns the seconds
-    since this device's first reading (``Event.elapsed_time``). Two readings around a call measure what CUDA
-    events around it measure, with the GPU idle at the first reading (so one kernel-launch latency, a few
-    microseconds, is inside the interval). The pytest front end gives it to pytest-benchmark as its timer on
-    CUDA (``pytest.mark.benchmark(timer=...)``): pytest-benchmark's default clock does not wait for the GPU."""
+def cuda_event_clock() -> CudaEventStamp:
+    """pytest-benchmark's clock on CUDA (``pytest.mark.benchmark(timer=...)``; its default clock does not wait
+    for the GPU): records a CUDA event on the current stream and returns it unwaited (``CudaEventStamp``).
+
+    Around pedantic's target this queues what ``triton.testing.do_bench`` queues: the L2 flush (pedantic's
+    ``setup``, before the first reading), the start event, the call, the end event, with no host
+    synchronisation between them; the subtraction pytest-benchmark makes afterwards waits for the end event.
+    So the GPU is kept busy by the flush while the host launches the call, and a sample is the GPU time from
+    the start event to the end event (docs/gpu-timing.md, "What is inside a sample")."""
     event = torch.cuda.Event(enable_timing=True)
     event.record()
-    event.synchronize()
-    origin = _CLOCK_ORIGINS.setdefault(torch.cuda.current_device(), event)
-    return origin.elapsed_time(event) / 1e3
+    return CudaEventStamp(event)
 
 
 def _repeat(timed_call: Callable[[], float], settings: TimingSettings) -> Timing:
