@@ -5,7 +5,9 @@ backend against its oracle (forward and gradients, with max errors), a short swe
 timings must agree with an independent timer within 10% (``triton.testing.do_bench`` on a GPU,
 ``torch.utils.benchmark.Timer`` on a CPU), the peak-memory check and the NVML telemetry check. On a CPU it runs
 the same checks; those that need a GPU say ``unavailable`` with the reason (FlexAttention's CPU equivalence,
-which compiles per shape, is ``skipped`` there). It ends with one table and exits 1 when anything failed.
+which compiles per shape, is ``skipped`` there). Each check is printed (and flushed) when its group finishes and
+the table so far is rewritten to a file, so a run stopped by a time limit keeps what it found; it ends with the
+whole table and exits 1 when anything failed.
 """
 
 from __future__ import annotations
@@ -60,8 +62,54 @@ def _no_gpu_reason() -> str:
 # ---- 1. the test suite ------------------------------------------------------------------------------------
 
 
+GPU_MARKER = "needs_gpu"
+"""The pytest marker of tests that need a CUDA GPU (pyproject.toml; tests/conftest.py skips them without one)."""
+
+
+def needs_gpu_ids(paths: tuple[str, ...]) -> set[str]:
+    """Node ids of the tests under ``paths`` marked GPU_MARKER (``pytest --collect-only -m needs_gpu``)."""
+    command = [sys.executable, "-m", "pytest", *paths, "--collect-only", "-q", "-m", GPU_MARKER,
+               "-p", "no:cacheprovider"]
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
+    if proc.returncode not in (0, 5):  # 5: nothing collected, i.e. no marked test
+        raise RuntimeError(f"collecting the {GPU_MARKER} tests failed (exit {proc.returncode}): "
+                           f"{proc.stdout[-500:]}{proc.stderr[-500:]}")
+    return {line.strip() for line in proc.stdout.splitlines() if "::" in line}
+
+
+def junit_node_id(case: ET.Element) -> str:
+    """A JUnit testcase's pytest node id: classname ``tests.test_x`` (or ``tests.test_x.TestClass``) and name
+    ``test_y[param]`` -> ``tests/test_x.py::test_y[param]`` (``::TestClass::test_y`` for a class)."""
+    parts = (case.get("classname") or "").split(".")
+    module = next((i for i in range(len(parts), 0, -1) if (REPO / Path(*parts[:i])).with_suffix(".py").is_file()),
+                  len(parts))
+    path = "/".join(parts[:module]) + ".py"
+    return "::".join([path, *parts[module:], case.get("name") or ""])
+
+
+def summarise_junit(root: ET.Element, gpu_ids: set[str]) -> tuple[int, list[str], int, int]:
+    """(passed, failed names, skipped for lack of a GPU, skipped otherwise) of a JUnit report. A skip counts as
+    for lack of a GPU only when the test is marked GPU_MARKER (``gpu_ids``), never by its message: tests
+    that skip *because* CUDA is present mention CUDA too."""
+    passed, failed, gpu_skipped, other_skipped = 0, [], 0, 0
+    for case in root.iter("testcase"):
+        node = junit_node_id(case)
+        if case.find("failure") is not None or case.find("error") is not None:
+            failed.append(node)
+        elif case.find("skipped") is not None:
+            if node in gpu_ids:
+                gpu_skipped += 1
+            else:
+                other_skipped += 1
+        else:
+            passed += 1
+    return passed, failed, gpu_skipped, other_skipped
+
+
 def check_tests(paths: tuple[str, ...] = ("tests",)) -> list[Check]:
-    """Run the unit tests in a subprocess and summarise them: failures by name, CUDA-only tests counted apart."""
+    """Run the unit tests in a subprocess and summarise them: failures by name, the tests marked GPU_MARKER
+    that skipped (no GPU here) counted apart."""
+    gpu_ids = needs_gpu_ids(paths)
     with tempfile.TemporaryDirectory() as tmp:
         junit = Path(tmp) / "junit.xml"
         command = [sys.executable, "-m", "pytest", *paths, "-q", "-p", "no:cacheprovider", f"--junitxml={junit}"]
@@ -71,26 +119,16 @@ def check_tests(paths: tuple[str, ...] = ("tests",)) -> list[Check]:
         if not junit.exists():
             return [Check("tests", "pytest", "fail", f"pytest exited {proc.returncode} without a report: "
                           f"{proc.stdout[-500:]}{proc.stderr[-500:]}")]
-        cases = ET.parse(junit).getroot().iter("testcase")
-        passed, failed, cuda_skipped, other_skipped = 0, [], 0, 0
-        for case in cases:
-            name = f"{case.get('classname')}::{case.get('name')}"
-            if case.find("failure") is not None or case.find("error") is not None:
-                failed.append(name)
-            elif (skip := case.find("skipped")) is not None:
-                if "cuda" in (skip.get("message") or "").lower() or "gpu" in (skip.get("message") or "").lower():
-                    cuda_skipped += 1
-                else:
-                    other_skipped += 1
-            else:
-                passed += 1
+        passed, failed, gpu_skipped, other_skipped = summarise_junit(ET.parse(junit).getroot(), gpu_ids)
     out = [Check("tests", "test suite", "fail" if failed else "pass",
                  f"{passed} passed, {len(failed)} failed, {other_skipped} skipped for other reasons, "
                  f"in {seconds:.0f} s" + (f"; failed: {', '.join(failed[:10])}" if failed else ""))]
-    if cuda_skipped:
-        out.append(Check("tests", "CUDA-only tests", "unavailable", f"{cuda_skipped} skipped: {_no_gpu_reason()}"))
+    if gpu_skipped:
+        out.append(Check("tests", "CUDA-only tests", "unavailable",
+                         f"{gpu_skipped} tests marked {GPU_MARKER} skipped: {_no_gpu_reason()}"))
     elif torch.cuda.is_available():
-        out.append(Check("tests", "CUDA-only tests", "fail" if failed else "pass", "ran with the suite above"))
+        out.append(Check("tests", "CUDA-only tests", "fail" if failed else "pass",
+                         f"{len(gpu_ids)} tests marked {GPU_MARKER} ran with the suite above"))
     return out
 
 
@@ -316,8 +354,10 @@ GROUPS: dict[str, Callable[[str], list[Check]]] = {
 }
 
 
-def run_selfcheck(groups: list[str] | None = None) -> list[Check]:
-    """Run the named groups (all by default); an exception inside a group is that group's failure."""
+def run_selfcheck(groups: list[str] | None = None,
+                  on_check: Callable[[Check], None] | None = None) -> list[Check]:
+    """Run the named groups (all by default); an exception inside a group is that group's failure.
+    ``on_check`` is called with each check as soon as its group has finished (``run`` prints it then)."""
     device = _device()
     chosen = groups or list(GROUPS)
     unknown = sorted(set(chosen) - set(GROUPS))
@@ -327,9 +367,13 @@ def run_selfcheck(groups: list[str] | None = None) -> list[Check]:
     for group in chosen:
         print(f"selfcheck: {group} ...", file=sys.stderr, flush=True)
         try:
-            checks.extend(GROUPS[group](device))
+            found = GROUPS[group](device)
         except Exception as exc:  # a broken check is a failed check, shown with its exception
-            checks.append(Check(group, group, "fail", f"{type(exc).__name__}: {exc}"))
+            found = [Check(group, group, "fail", f"{type(exc).__name__}: {exc}")]
+        for check in found:
+            checks.append(check)
+            if on_check is not None:
+                on_check(check)
     return checks
 
 
@@ -339,19 +383,38 @@ def table(checks: list[Check]) -> str:
         return frame.to_string(index=False)
 
 
+def check_line(check: Check) -> str:
+    """One check as the line printed the moment it is known: status, group, name, detail."""
+    return f"{check.status:<11} {check.group:<11} {check.name}: {check.detail}"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--only", default=None, help=f"comma list of groups: {','.join(GROUPS)} (default: all)")
+    parser.add_argument("--table-file", dest="table_file", default=None,
+                        help="the table so far is rewritten here after each check (default: "
+                        "results/selfcheck-<UTC time>.txt), so a run stopped by a time limit keeps it")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the checks, print the table; 1 when any check failed."""
+    """Run the checks, printing (and flushing) each as it is known and rewriting the table file after each;
+    print the table at the end; 1 when any check failed."""
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    checks = run_selfcheck(args.only.split(",") if args.only else None)
-    print(table(checks))
+    path = Path(args.table_file or REPO / "results" / f"selfcheck-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.txt")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    so_far: list[Check] = []
+
+    def record(check: Check) -> None:
+        so_far.append(check)
+        print(check_line(check), flush=True)
+        path.write_text(table(so_far) + "\n")
+
+    checks = run_selfcheck(args.only.split(",") if args.only else None, on_check=record)
+    print("\n" + table(checks))
     counts = pd.Series([c.status for c in checks]).value_counts().to_dict()
     device = _device()
     print("\n" + ", ".join(f"{counts.get(s, 0)} {s}" for s in CHECK_STATUSES)
           + f"  (device: {device}{'' if device == 'cuda' else '; the GPU half is unavailable here'})")
+    print(f"table: {path}", flush=True)
     return 1 if counts.get("fail") else 0
 
 

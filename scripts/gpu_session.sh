@@ -41,7 +41,7 @@ case "$STAGE" in
     ls -la .whl ;;
   selfcheck)
     install_wheels
-    timeout 570 python3 -m bench selfcheck 2>&1 | tee "$OUT/selfcheck.txt" ;;
+    timeout 570 python3 -m bench selfcheck --table-file "$OUT/selfcheck-table.txt" 2>&1 | tee "$OUT/selfcheck.txt" ;;
   kernels)
     install_wheels
     # The headline configs first: every variant at N = 64k (D = 64 and 128, fwd and fwd+bwd), then the same

@@ -11,6 +11,21 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
+NO_GPU_REASON = "needs a CUDA GPU (torch.cuda.is_available() is False)"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``needs_gpu`` skip without a CUDA GPU. ``python -m bench selfcheck`` counts skipped tests
+    with this marker (and only those) as skipped for lack of a GPU: tests that skip *because* CUDA is present
+    (checks of a machine without one) carry no marker, whatever their message says."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason=NO_GPU_REASON)
+    for item in items:
+        if item.get_closest_marker("needs_gpu") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def one_thread():
     """One intra-op thread for the test, restored after: on a shared, oversubscribed 2-core machine two

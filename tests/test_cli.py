@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 from bench.cli import main
 from bench.registry import get_variant
@@ -135,7 +134,7 @@ def test_dry_run_prints_the_plan_with_predictions_and_needs_no_gpu(capsys, tmp_p
     assert "--device must be cuda" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.needs_gpu
 def test_both_front_ends_time_the_same_way_on_cuda(tmp_path, child_env):
     """On a GPU: the CLI's do_bench and the pytest front end's CUDA event clock give the same medians."""
     common = ["--preset", str(TINY), "--device", "cuda", "--n", "4096", "--heads", "16", "--d", "64",

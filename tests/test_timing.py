@@ -20,7 +20,7 @@ from bench.measure.timing import (
     warmup,
 )
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+needs_cuda = pytest.mark.needs_gpu  # skipped without CUDA by tests/conftest.py
 
 
 def busy_loop(iterations: int) -> int:

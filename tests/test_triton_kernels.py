@@ -418,8 +418,11 @@ def test_registry_marks_float32_shapes_the_kernels_refuse():
     assert check("linear-lrpe-unitary@triton", 64, "float16") is None
 
 
-on_gpu = pytest.mark.skipif(INTERPRETING or not torch.cuda.is_available(),
-                            reason="needs a CUDA GPU and compiled (not interpreted) kernels")
+def on_gpu(test):
+    """A CUDA test of the compiled kernels: ``needs_gpu`` (skipped without CUDA, tests/conftest.py), and not
+    run in the interpreter child."""
+    interpreted = pytest.mark.skipif(INTERPRETING, reason="the CUDA tests run compiled kernels, in the parent")
+    return pytest.mark.needs_gpu(interpreted(test))
 
 
 @on_gpu
