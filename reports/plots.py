@@ -312,12 +312,28 @@ def cost_figure(costs: pd.DataFrame, styles: Styles) -> bytes | None:
                                 label=_label(f"{variant} / {line['reference'].iloc[0]}"), **styles[variant])
                 ax.axhline(1.0, color="grey", linewidth=1.2, linestyle="-", zorder=0)
                 _n_axis(ax, [float(n) for n in group["N"]])
-                ax.set_yscale("log", base=2)
-                ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _pos: f"x{y:g}"))
+                _ratio_axis(ax)
                 ax.set_ylabel(f"{what} / plain attention's (same backend, N)")
                 ax.set_title(f"cost of each encoding, {what}: {analysis.panel_title(key)}")
                 _legend(ax, len(ax.get_legend_handles_labels()[1]))
         return to_png(fig)
+
+
+RATIO_TICKS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 2 / 3, 0.8, 1, 1.25, 1.5, 2, 2.5, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128)
+
+
+def _ratio_axis(ax: plt.Axes) -> None:
+    """Log2 y axis of ratios labelled x0.5, x1, x1.5, ...: the dense ticks within the data's range, only the
+    powers of 2 when more than 8 of them would fall there. Call after plotting (reads the data)."""
+    ax.set_yscale("log", base=2)
+    low, high = ax.dataLim.intervaly
+    low, high = min(low, 1.0) / 1.1, max(high, 1.0) * 1.1
+    ticks = [t for t in RATIO_TICKS if low <= t <= high]
+    if len(ticks) > 8:
+        ticks = [t for t in ticks if math.log2(t).is_integer()]
+    ax.set_yticks(ticks)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _pos: f"x{y:.3g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def tradeoff_figure(table: pd.DataFrame, styles: Styles, n: int | None = None) -> bytes | None:

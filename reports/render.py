@@ -324,21 +324,23 @@ def cost_section(costs: pd.DataFrame, styles: plots.Styles | None) -> str:
 
 
 def _cost_table(costs: pd.DataFrame) -> str:
-    """The cost rows as one line per encoded variant, a time and a memory column per N."""
+    """The cost rows as two tables, time then memory: one line per encoded variant, a column per N."""
     keys = [c for c in costs.columns if c in analysis.PANEL_BASE + analysis.PANEL_EXTRA]
     index = [*keys, "variant", "reference"]
-    wide = costs.pivot_table(index=index, columns="N", values=["time ratio", "memory ratio"], aggfunc="last")
-    ordered = [(what, n) for what in ("time ratio", "memory ratio") for n in sorted(costs["N"].unique())
-               if (what, n) in wide.columns]
-    wide = wide[ordered]
-    wide.columns = [f"{'time' if what == 'time ratio' else 'memory'} x @ {plots.format_tokens(n)}"
-                    for what, n in ordered]
     noisy = costs[costs["high variance"] != ""].groupby("variant")["N"].apply(
         lambda ns: ", ".join(plots.format_tokens(n) for n in sorted(ns)))
-    out = wide.reset_index()
-    out["high variance at N"] = [noisy.get(variant, "") for variant in out["variant"]]
-    return (table(out, precision=3) + "<p class='note'>x = the encoded variant's median time (or peak) over its "
-            "reference's at that N; high variance: N where either timing has an IQR above 10% of its median.</p>")
+    parts = []
+    for value, heading in (("time ratio", "Time over plain attention's (median per call)"),
+                           ("memory ratio", "Peak memory over plain attention's")):
+        wide = costs.pivot_table(index=index, columns="N", values=value, aggfunc="last")
+        wide.columns = [f"x @ {plots.format_tokens(n)}" for n in wide.columns]
+        wide = wide.reset_index()
+        if value == "time ratio":
+            wide["high variance at N"] = [noisy.get(variant, "") for variant in wide["variant"]]
+        parts.append(f"<h3>{esc(heading)}</h3>" + table(wide, precision=3))
+    return "".join(parts) + ("<p class='note'>x = the encoded variant's median time (or peak) over its reference's "
+                             "at that N; high variance: N where either timing has an IQR above 10% of its median."
+                             "</p>")
 
 
 def tradeoff_section(frame: pd.DataFrame, styles: plots.Styles | None) -> str:
