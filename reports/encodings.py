@@ -76,18 +76,23 @@ def quality(frame: pd.DataFrame) -> pd.DataFrame:
     reached, per (protocol, train length).
 
     Columns: protocol, train_len, eval_len, variant, bits/byte (mean over seeds), SE (the rows' standard
-    error of that mean: sqrt(sum se_i^2) / seeds, from ``bits_per_byte_se`` or ``loss_se`` / ln 2; NaN
+    error of that mean: sqrt(sum se_i^2) / seeds, from ``bits_per_byte_se`` or ``loss_se_nats`` / ln 2; NaN
     when the rows have neither), seeds, seed sd (standard deviation over seeds, ddof 1; NaN with one seed),
     error (the seed sd where there are several seeds, else the SE: the noise a reader should compare
-    differences with). Sorted best first within each (protocol, train length)."""
+    differences with), vs train length and its SE (mean over seeds of ``bpb_vs_train_len``, the change from
+    the same model's bits per byte at the training length; NaN where the rows lack it). Sorted best first
+    within each (protocol, train length)."""
     ok = analysis.ok_rows(frame, "extrapolation")
     if not analysis.has(ok, "variant", "eval_len", "bits_per_byte"):
         return pd.DataFrame()
     ok = ok[ok["bits_per_byte"].notna() & ok["eval_len"].notna()].copy()
     # Per row: its bits_per_byte_se, else its loss_se converted (a frame may join runs that store either).
     direct = ok["bits_per_byte_se"].astype(float) if "bits_per_byte_se" in ok else pd.Series(math.nan, ok.index)
-    converted = ok["loss_se"].astype(float) / LN2 if "loss_se" in ok else pd.Series(math.nan, ok.index)
+    loss_se = next((c for c in ("loss_se_nats", "loss_se") if c in ok), None)
+    converted = ok[loss_se].astype(float) / LN2 if loss_se else pd.Series(math.nan, ok.index)
     ok["_se"] = direct.fillna(converted)
+    for column in ("bpb_vs_train_len", "bpb_vs_train_len_se"):
+        ok[column] = ok[column].astype(float) if column in ok else math.nan
     ok["_seed"] = ok["seed"].astype("Int64").fillna(-1) if "seed" in ok else -1
     for column in ("protocol", "train_len"):
         ok[column] = ok.get(column, None)
@@ -102,9 +107,13 @@ def quality(frame: pd.DataFrame) -> pd.DataFrame:
             se = seeds["_se"].astype(float)
             sd = float(bpb.std(ddof=1)) if len(bpb) > 1 else math.nan
             combined_se = math.sqrt(float((se**2).sum())) / len(se) if se.notna().all() else math.nan
+            change, change_se = seeds["bpb_vs_train_len"], seeds["bpb_vs_train_len_se"]
             rows.append({"protocol": protocol, "train_len": train_len, "eval_len": int(length), "variant": variant,
                          "bits/byte": float(bpb.mean()), "SE": combined_se, "seeds": len(bpb), "seed sd": sd,
-                         "error": sd if len(bpb) > 1 else combined_se})
+                         "error": sd if len(bpb) > 1 else combined_se,
+                         "vs train length": float(change.mean()) if change.notna().all() else math.nan,
+                         "vs train length SE": (math.sqrt(float((change_se**2).sum())) / len(change_se)
+                                                if change_se.notna().all() else math.nan)})
     out = pd.DataFrame(rows)
     if out.empty:
         return out

@@ -92,6 +92,15 @@ def crossover_items(speed: pd.DataFrame) -> list[str]:
     return ["Where linear attention overtakes the best FlashAttention backend: " + "; ".join(parts) + "."]
 
 
+def _change(row: pd.Series) -> str:
+    """', +0.012 ± 0.003 over its own at the training length' where the rows carry it."""
+    if math.isnan(row.get("vs train length", math.nan)):
+        return ""
+    se = row["vs train length SE"]
+    return (f", {row['vs train length']:+.3f}" + (f" ± {se:.3f}" if not math.isnan(se) else "")
+            + " over its own at the training length")
+
+
 def quality_items(frame: pd.DataFrame) -> list[str]:
     """The best and worst extrapolating variants at the longest evaluated length, with their noise."""
     found = encodings.main_quality(frame)
@@ -103,10 +112,10 @@ def quality_items(frame: pd.DataFrame) -> list[str]:
              f"at evaluation length {_tokens(first['eval_len'])}")
     if len(found) == 1:
         return [f"Extrapolation {where}: only {first['variant']} was evaluated, "
-                f"{first['bits/byte']:.3f} bits/byte {_noise(first)}."]
+                f"{first['bits/byte']:.3f} bits/byte {_noise(first)}{_change(first)}."]
     worst = found.iloc[-1]
-    text = (f"Extrapolation {where}: best {first['variant']} {first['bits/byte']:.3f} bits/byte {_noise(first)}; "
-            f"worst {worst['variant']} {worst['bits/byte']:.3f} {_noise(worst)}")
+    text = (f"Extrapolation {where}: best {first['variant']} {first['bits/byte']:.3f} bits/byte {_noise(first)}"
+            f"{_change(first)}; worst {worst['variant']} {worst['bits/byte']:.3f} {_noise(worst)}{_change(worst)}")
     gap = worst["bits/byte"] - first["bits/byte"]
     noise = max(first["error"], worst["error"])
     if not math.isnan(noise) and noise > 0:

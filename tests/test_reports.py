@@ -471,12 +471,13 @@ def test_cost_of_each_encoding_is_over_its_family_plain_attention_on_the_same_ba
 
 
 def test_quality_uses_the_rows_standard_error_and_the_seed_spread():
-    rows = [_extrap_row("linear-lrpe-unitary@x", 512, bpb, seed=s, loss_se=0.01 * math.log(2))
+    rows = [_extrap_row("linear-lrpe-unitary@x", 512, bpb, seed=s, loss_se_nats=0.01 * math.log(2),
+                        bpb_vs_train_len=0.1 * s, bpb_vs_train_len_se=0.03)
             for s, bpb in enumerate((2.0, 2.2, 2.4))]
     rows += [_extrap_row("softmax@y", 512, 3.0, bits_per_byte_se=0.05), _extrap_row("softmax@y", 1024, 3.5),
              _extrap_row("linear-lrpe-unitary@x", 256, 1.0)]
-    # loss_se and bits_per_byte_se are being added to bench.record by the extrapolation workload: the frame is
-    # built as it will be read, without the schema's check, so that the report is ready for them
+    # loss_se_nats, bits_per_byte_se and bpb_vs_train_len are being added to bench.record by the extrapolation
+    # workload: the frame is built without the schema's check, so that the report is ready for them either way
     frame = pd.DataFrame(rows)
     found = encodings.quality(frame).set_index("variant")
     unitary = found.loc["linear-lrpe-unitary@x"]
@@ -489,7 +490,10 @@ def test_quality_uses_the_rows_standard_error_and_the_seed_spread():
     assert bare["error"].isna().all()  # neither SE nor seeds: no noise, not a zero
     text = render_runs([Run(path=Path("/nowhere/x"), run_id="x", frame=frame, sessions=[])])
     findings = _section(text, "findings")
-    assert "best linear-lrpe-unitary@x 2.200 bits/byte ± 0.200 (seed sd over 3 seeds, SE 0.006)" in findings
+    assert unitary["vs train length"] == pytest.approx(0.1)
+    assert unitary["vs train length SE"] == pytest.approx(0.03 / math.sqrt(3))
+    assert ("best linear-lrpe-unitary@x 2.200 bits/byte ± 0.200 (seed sd over 3 seeds, SE 0.006), +0.100 ± 0.017 "
+            "over its own at the training length") in findings
     assert "worst softmax@y 3.000 ± 0.050 (standard error; one seed)" in findings
     assert "the gap, 0.800 bits/byte, is 4.0 x the larger noise" in findings
 
