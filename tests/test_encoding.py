@@ -268,3 +268,28 @@ def test_unitary_width_doubles_with_cos_then_sin() -> None:
     angles = 3 * enc.theta.double()
     torch.testing.assert_close(out, torch.cat((angles.cos(), angles.sin())), rtol=0, atol=1e-14)
     assert math.isclose(float(out.pow(2).sum()), 4.0)
+
+
+@pytest.mark.parametrize("num_heads", [None, 3])
+@pytest.mark.parametrize(("n", "offset"), [(1, 0), (37, 5), (70, -(10**12) - 7), (64, 10**13)])
+def test_permutation_fast_index_and_in_place_pair_equal_the_oracle(monkeypatch, num_heads, n, offset) -> None:
+    """The block-table index (pi^(s0 + r) = pi^r o pi^s0) and the in-place blockwise gather equal
+    ``permutation_index`` and the explicit W_r oracle, across block edges (blocks of 16 rows here)."""
+    import lrpe.encoding
+
+    monkeypatch.setattr(lrpe.encoding, "_PERMUTATION_TABLE_ROWS", 16)
+    enc = LRPE("permutation", 12, p="householder", num_heads=num_heads, seed=4).double()
+    positions = torch.arange(offset, offset + n)
+    want = enc.permutation_index(positions)
+    assert torch.equal(enc.position_factors(n, offset, F64), want)
+    x, y = _pair(12, n, heads=3)
+    fx, fy = enc.forward_pair(x.clone(), y.clone(), offset=offset)
+    xc, yc = x.clone(), y.clone()
+    ix, iy = enc.forward_pair(xc, yc, offset=offset, inplace=True)
+    torch.testing.assert_close(ix, fx, rtol=0, atol=0)
+    torch.testing.assert_close(iy, fy, rtol=0, atol=0)
+    # Against W_r: scores of the transformed features are x_s^T W_{t-s} y_t (float64 oracle).
+    s, t = 2 % n, n - 1
+    w = enc.relative_matrix(t - s)
+    expected = torch.einsum("bhi,hij,bhj->bh", x[:, :, s], w.expand(3, 12, 12), y[:, :, t])
+    torch.testing.assert_close((ix[:, :, s] * iy[:, :, t]).sum(-1), expected, rtol=0, atol=1e-12)
