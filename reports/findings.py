@@ -143,9 +143,24 @@ def beyond_items(predictions: pd.DataFrame) -> list[str]:
 
 def findings(frame: pd.DataFrame, speed: pd.DataFrame, costs: pd.DataFrame,
              predictions: pd.DataFrame) -> list[str]:
-    """Every finding, in order: fastest, cost of each encoding, crossover, extrapolation, beyond."""
+    """Every finding, in order: what the runs hold, fastest, cost of each encoding, crossover, extrapolation,
+    beyond."""
     if speed.empty:
         speed_items = ["Speed and memory: not measured (no speed rows in these runs)."]
     else:
         speed_items = [*fastest_items(speed), *cost_items(costs), *crossover_items(speed)]
-    return [*speed_items, *quality_items(frame), *(beyond_items(predictions) if not speed.empty else [])]
+    return [counts_item(frame), *speed_items, *quality_items(frame),
+            *(beyond_items(predictions) if not speed.empty else [])]
+
+
+def counts_item(frame: pd.DataFrame) -> str:
+    """'63 rows (63 speed): ok 58, over-budget 5; the 5 not ok are listed under Configs not measured.'"""
+    if frame.empty or "status" not in frame:
+        return "No rows in these runs."
+    tasks = frame["task"].fillna("speed").value_counts() if "task" in frame else pd.Series({"speed": len(frame)})
+    statuses = frame["status"].fillna("no status").value_counts()
+    text = (f"{len(frame)} rows ({', '.join(f'{count} {task}' for task, count in tasks.items())}): "
+            + ", ".join(f"{status} {count}" for status, count in sorted(statuses.items())))
+    failed = len(frame) - int(statuses.get("ok", 0))
+    return text + (f"; the {failed} not ok are listed with their reasons under 'Configs not measured'." if failed
+                   else ".")

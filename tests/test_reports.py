@@ -194,6 +194,7 @@ def test_render_survives_frames_with_holes(case):
     if case == "only failed":
         assert not found.figures and "out of memory" in text and "No ok rows" in text
         assert "Fastest variant: not measured" in text and "no prediction" in text
+        assert "2 rows (2 speed): oom 2; the 2 not ok are listed" in text
     if case == "single variant":
         assert set(found.figures) == {"time", "memory", "throughput"} and "slope" in text
         assert "1k tokens" not in text and "fitted from N" in text  # the series is fitted and predicted
