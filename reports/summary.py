@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pandas as pd
 
-SERIES = ["variant", "pass", "dtype", "d", "causal"]
+from bench.scaling import SERIES_COLUMNS
 
 
 def _series_columns(frame: pd.DataFrame) -> list[str]:
-    """The series columns that vary in this frame (always the variant)."""
-    return ["variant"] + [c for c in SERIES[1:] if c in frame and frame[c].nunique() > 1]
+    """The series columns (``bench.scaling.SERIES_COLUMNS``) that vary in this frame, always the variant."""
+    return ["variant"] + [c for c in SERIES_COLUMNS if c != "variant" and c in frame and frame[c].nunique() > 1]
 
 
 def _pivot(frame: pd.DataFrame, value: str, fmt) -> str:
