@@ -43,12 +43,19 @@ SETTINGS = {
 }
 
 
+def _child_env() -> dict:
+    """This process's environment with the checkout prepended to PYTHONPATH, never replacing it (an offline
+    machine may carry extra wheels there)."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path}
+
+
 def run_history(args: list[str]) -> dict:
     """One ``python -m bench run`` in a fresh process; the target's row at N = 16384."""
     with tempfile.TemporaryDirectory() as results:
         cmd = [sys.executable, "-m", "bench", "run", *args, "--results-dir", results, "--run-id", "t",
                "--no-progress", "--config-time-limit", "60", "--time-limit", "900"]
-        subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+        subprocess.run(cmd, cwd=REPO, env=_child_env(), capture_output=True, text=True,
                        check=False)
         rows = [json.loads(line) for line in (Path(results) / "t" / "rows.jsonl").read_text().splitlines()]
     row = next(r for r in rows if r["variant"] == TARGET and r["n"] == 16384)
@@ -106,7 +113,7 @@ def worker(setting: str, repeats: int) -> dict:
 
 def run_worker(setting: str, repeats: int) -> dict:
     cmd = [sys.executable, __file__, "--worker", setting, "--repeats", str(repeats)]
-    result = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+    result = subprocess.run(cmd, cwd=REPO, env=_child_env(), capture_output=True,
                             text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 

@@ -73,7 +73,7 @@ def test_a_resumed_run_measures_only_the_dtypes_it_lacks(tmp_path):
     assert matmul_tflops(again.ceilings, "float64") > 0
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.needs_gpu
 def test_gpu_ceilings_use_8192_cubed_per_dtype():
     ceilings = measure_ceilings("cuda", ["bfloat16", "float32"])
     assert ceilings["matmul"]["bfloat16"]["matmul_shape"] == [8192, 8192, 8192]

@@ -109,7 +109,7 @@ def test_the_recorder_catches_a_host_built_index() -> None:
     assert any("arange" in op for op in recorder.off_device("meta"))
 
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+needs_cuda = pytest.mark.needs_gpu  # skipped without CUDA by tests/conftest.py
 
 
 @needs_cuda

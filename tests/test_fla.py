@@ -58,8 +58,10 @@ def test_without_gpu_fla_rows_say_unavailable() -> None:
     assert all(r.status == "unavailable" and r.reason for r in rows)
 
 
-needs_fla = pytest.mark.skipif(not torch.cuda.is_available() or fla_availability() is not None,
-                               reason=f"needs a CUDA GPU and fla: {fla_availability()}")
+def needs_fla(test):
+    """needs_gpu (skipped without CUDA by tests/conftest.py, counted as such by selfcheck), and fla importable."""
+    fla_missing = pytest.mark.skipif(fla_availability() is not None, reason=f"needs fla: {fla_availability()}")
+    return pytest.mark.needs_gpu(fla_missing(test))
 
 
 @needs_fla

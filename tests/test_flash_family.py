@@ -27,7 +27,7 @@ FLEX_OPT_IN = os.environ.get("LRPE_TEST_FLEX") == "1"
 needs_flex = pytest.mark.skipif(
     not FLEX_OPT_IN, reason="compiling flex_attention takes ~15-20 s on 2 CPU cores; set LRPE_TEST_FLEX=1"
 )
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+needs_cuda = pytest.mark.needs_gpu  # skipped without CUDA by tests/conftest.py
 # backends whose availability probe is cheap here (flex's compiles)
 PROBED = tuple(b for b in FLASH_BACKENDS if b != "flex" or FLEX_OPT_IN)
 CUDA_ONLY = ("sdpa-efficient", "sdpa-cudnn", "flash-attn2", "flash-attn3", "flash-attn4",

@@ -17,7 +17,7 @@ from bench.measure.memory import (
 )
 
 MiB = 2**20
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+needs_cuda = pytest.mark.needs_gpu  # skipped without CUDA by tests/conftest.py
 needs_clear_refs = pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK),
                                       reason="/proc/self/clear_refs is not writable here")
 

@@ -13,7 +13,7 @@ import torch
 from bench.measure.telemetry import TelemetrySampler, gpu_static_info, nvml_unavailable_reason
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU")
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+needs_cuda = pytest.mark.needs_gpu  # skipped without CUDA by tests/conftest.py
 
 
 def fake_nvml(power_mw: list[int]) -> types.ModuleType:

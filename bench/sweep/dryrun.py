@@ -131,7 +131,9 @@ def dry_run(spec: SweepSpec, device_model: str = "h100") -> pd.DataFrame:
             reason = budget.decide(planned, pred, rows, elapsed)
             if reason is None:
                 status = "ok"
-                config_s = budget.config_seconds(planned, est.ms / 1e3) + HARNESS_S_PER_CONFIG
+                # Triton JIT and fla autotune the first config of a series (or run) pays, as the planner counts
+                config_s = (budget.config_seconds(planned, est.ms / 1e3) + HARNESS_S_PER_CONFIG
+                            + budget.shared_compile_seconds(planned, rows)[0])
                 n_calls = calls.total_calls(est.ms / 1e3)
                 elapsed += config_s
             else:
