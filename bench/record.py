@@ -140,10 +140,23 @@ COLUMNS: tuple[Column, ...] = (
     Column("loss_nats", float, "nats/byte", "mean cross-entropy per scored token", EXTRAP),
     Column("perplexity", float, None, "exp(loss_nats)", EXTRAP),
     Column("bits_per_byte", float, "bits/byte", "loss_nats / ln 2", EXTRAP),
+    Column("loss_se_nats", float, "nats/byte", "standard error of loss_nats over blocks of 1,024 consecutive "
+           "scored bytes (std of the block means / sqrt(blocks))", EXTRAP),
+    Column("bits_per_byte_se", float, "bits/byte", "loss_se_nats / ln 2", EXTRAP),
+    Column("bpb_vs_train_len", float, "bits/byte", "bits_per_byte minus the same model's at eval length = "
+           "train length, same protocol and bytes", EXTRAP),
+    Column("bpb_vs_train_len_se", float, "bits/byte", "standard error of bpb_vs_train_len over the per-block "
+           "differences (paired: the same bytes at both lengths)", EXTRAP),
+    Column("eval_backend", str, None, "the attention kernel the scoring pass ran (an explicit-score softmax "
+           "variant scores through its FlashAttention twin, the same function)", EXTRAP),
+    Column("scored_bytes_per_s", float, "bytes/s", "tokens_scored / eval_wall_s", EXTRAP),
+    Column("train_wall_s", float, "s", "seconds the model's training took (in the session that trained it)",
+           EXTRAP),
     Column("params", int, None, "model parameters", EXTRAP),
     Column("steps", int, None, "training steps", EXTRAP),
     Column("seed", int, None, "seed of the model, data order and inputs"),
-    Column("eval_wall_s", float, "s", "seconds of the evaluation at this length", EXTRAP),
+    Column("eval_wall_s", float, "s", "seconds of the scoring pass at this length (peak memory is measured "
+           "apart)", EXTRAP),
     # bookkeeping
     Column("finished_utc", str, None, "when the row was written (UTC, ISO 8601)"),
     Column("source_run", str, None, "for merged runs: the run the row came from"),

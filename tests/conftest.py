@@ -1,6 +1,8 @@
 """Fixtures shared by the unit tests."""
 
+import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +87,47 @@ def assert_matches_oracle():
         assert row.status == "pass", row.describe()
 
     return check
+
+
+def _tiny_extrap_preset(tmp_path: Path, variants: list[str], lengths: list[int], *, limit: float = 1e6,
+                        protocols: tuple[str, ...] = ("non-overlapping",), extra: str = "",
+                        eval_tokens: int | None = None) -> Path:
+    """A tiny extrapolation preset (1 layer, width 16, 3 steps) on a made-up corpus of 20 documents of ~80 kB;
+    ``extra``: more top-level TOML lines (workers, seeds); ``eval_tokens``: scored bytes (default: the longest
+    length)."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    words = ["state", "union", "congress", "nation", "people", "law", "year", "war", "peace", "trade"]
+    rng = random.Random(0)
+    for i in range(20):  # 20 documents of ~80 kB: the test split (2 of them) holds more than BIG bytes
+        (corpus / f"d{i:02d}.txt").write_text(" ".join(rng.choice(words) for _ in range(14000)))
+    path = tmp_path / "tiny.toml"
+    path.write_text(f"""
+name = "tiny"
+{extra}
+device = "cpu"
+corpus = "{corpus}"
+variants = {json.dumps(variants)}
+[model]
+n_layers = 1
+d_model = 16
+n_heads = 2
+[train]
+train_len = 32
+batch_size = 4
+steps = 3
+warmup_steps = 1
+[eval]
+max_len = {max(lengths)}
+protocols = {json.dumps(list(protocols))}
+eval_tokens = {eval_tokens or max(lengths)}
+batch_tokens = 4096
+config_time_limit = {limit}
+memory_fraction = 1000.0  # no memory prediction stops a length here: the allocation itself must fail
+""")
+    return path
+
+
+@pytest.fixture
+def tiny_extrap_preset():
+    return _tiny_extrap_preset

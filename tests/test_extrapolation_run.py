@@ -3,8 +3,6 @@ status and the run goes on; rows land in the store's frame; a resumed run adds n
 
 from __future__ import annotations
 
-import json
-import random
 from pathlib import Path
 
 import pytest
@@ -13,40 +11,6 @@ from bench.extrapolation.run import ExtrapolationRun, load_extrap_spec, row_key
 from bench.extrapolation.table import extrapolation_table
 
 BIG = 2**17  # softmax's explicit scores at this length need 2 x BIG^2 x 4 bytes = 137 GB: an allocation error
-
-
-def _preset(tmp_path: Path, variants: list[str], lengths: list[int], *, limit: float = 1e6,
-            protocols: tuple[str, ...] = ("non-overlapping",)) -> Path:
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    words = ["state", "union", "congress", "nation", "people", "law", "year", "war", "peace", "trade"]
-    rng = random.Random(0)
-    for i in range(20):  # 20 documents of ~80 kB: the test split (2 of them) holds more than BIG bytes
-        (corpus / f"d{i:02d}.txt").write_text(" ".join(rng.choice(words) for _ in range(14000)))
-    path = tmp_path / "tiny.toml"
-    path.write_text(f"""
-name = "tiny"
-device = "cpu"
-corpus = "{corpus}"
-variants = {json.dumps(variants)}
-[model]
-n_layers = 1
-d_model = 16
-n_heads = 2
-[train]
-train_len = 32
-batch_size = 4
-steps = 3
-warmup_steps = 1
-[eval]
-max_len = {max(lengths)}
-protocols = {json.dumps(list(protocols))}
-eval_tokens = {max(lengths)}
-batch_tokens = 4096
-config_time_limit = {limit}
-memory_fraction = 1000.0  # no memory prediction stops a length here: the allocation itself must fail
-""")
-    return path
 
 
 def test_bad_input_names_the_value() -> None:
@@ -61,8 +25,13 @@ def test_bad_input_names_the_value() -> None:
 
 
 @pytest.mark.slow
-def test_out_of_memory_is_a_row_and_the_run_goes_on(tmp_path: Path, one_thread) -> None:
-    spec = load_extrap_spec(str(_preset(tmp_path, ["softmax@naive", "linear@torch-chunked"], [32, BIG])),
+def test_out_of_memory_is_a_row_and_the_run_goes_on(tmp_path: Path, one_thread, tiny_extrap_preset,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import bench.extrapolation.job as job_module
+
+    # Scored through its own explicit-score core (its FlashAttention twin would need no N x N scores).
+    monkeypatch.setattr(job_module, "eval_twin", lambda variant: None)
+    spec = load_extrap_spec(str(tiny_extrap_preset(tmp_path, ["softmax@naive", "linear@torch-chunked"], [32, BIG])),
                             lengths=f"32,{BIG}")
     run = ExtrapolationRun(spec, results_dir=tmp_path / "results", run_id="r", progress=False)
     frame = run.run().frame()
@@ -75,7 +44,7 @@ def test_out_of_memory_is_a_row_and_the_run_goes_on(tmp_path: Path, one_thread) 
         assert 0 < rows[key].bits_per_byte < 8.5
         assert rows[key].peak_mem_bytes > 0
     assert set(frame["task"]) == {"extrapolation"} and frame["key"].is_unique
-    assert (run.store.path / "extrapolation" / "linear@torch-chunked" / "loss.csv").exists()
+    assert (run.store.path / "extrapolation" / "linear@torch-chunked" / "seed-0" / "loss.csv").exists()
     assert "oom" in extrapolation_table(frame)
     # Resuming the finished run trains nothing and adds no row.
     again = ExtrapolationRun(spec, results_dir=tmp_path / "results", run_id="r", progress=False).run()
@@ -83,8 +52,8 @@ def test_out_of_memory_is_a_row_and_the_run_goes_on(tmp_path: Path, one_thread) 
 
 
 @pytest.mark.slow
-def test_over_budget_is_a_row_with_the_prediction(tmp_path: Path, one_thread) -> None:
-    spec = load_extrap_spec(str(_preset(tmp_path, ["linear@torch-chunked"], [32, 64, 128], limit=1e-6,
+def test_over_budget_is_a_row_with_the_prediction(tmp_path: Path, one_thread, tiny_extrap_preset) -> None:
+    spec = load_extrap_spec(str(tiny_extrap_preset(tmp_path, ["linear@torch-chunked"], [32, 64, 128], limit=1e-6,
                                         protocols=("non-overlapping", "sliding"))), lengths="32,64,128")
     frame = ExtrapolationRun(spec, results_dir=tmp_path / "results", run_id="b", progress=False).run().frame()
     by_key = {r.key: r for r in frame.itertuples()}
@@ -110,16 +79,16 @@ def test_command_line_reports_bad_input(capsys: pytest.CaptureFixture, tmp_path:
 
 
 def test_a_variant_the_registry_declares_non_causal_or_without_float32_is_unsupported(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_extrap_preset) -> None:
     import dataclasses
 
-    import bench.extrapolation.run as run_module
+    import bench.extrapolation.job as job_module
 
-    real = run_module.get_variant("linear@torch-chunked")
+    real = job_module.get_variant("linear@torch-chunked")
     declared = {"linear@torch-chunked": dataclasses.replace(real, causal_modes=(False,)),
-                "softmax@naive": dataclasses.replace(run_module.get_variant("softmax@naive"), dtypes=("bfloat16",))}
-    monkeypatch.setattr(run_module, "get_variant", lambda name: declared[name])
-    spec = load_extrap_spec(str(_preset(tmp_path, ["linear@torch-chunked", "softmax@naive"], [32, 64])),
+                "softmax@naive": dataclasses.replace(job_module.get_variant("softmax@naive"), dtypes=("bfloat16",))}
+    monkeypatch.setattr(job_module, "get_variant", lambda name: declared[name])
+    spec = load_extrap_spec(str(tiny_extrap_preset(tmp_path, ["linear@torch-chunked", "softmax@naive"], [32, 64])),
                             lengths="32,64")
     frame = ExtrapolationRun(spec, results_dir=tmp_path / "results", run_id="u", progress=False).run().frame()
     assert set(frame["status"]) == {"unsupported"} and len(frame) == 4  # 2 variants x 2 lengths, none trained

@@ -14,6 +14,7 @@ import csv
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,12 +118,14 @@ def load_checkpoint(path: Path) -> dict | None:
 
 
 def train(model: nn.Module, tokens: torch.Tensor, config: TrainConfig, *, device: str | torch.device,
-          out_dir: Path | None = None, progress: bool | None = None) -> TrainResult:
+          out_dir: Path | None = None, progress: bool | None = None,
+          on_step: Callable[[int, float], None] | None = None) -> TrainResult:
     """Train ``model`` (already on ``device``) on the (T,) uint8 ``tokens`` for ``config.steps`` steps.
 
     ``out_dir`` holds checkpoint.pt and loss.csv; when it already holds a checkpoint, training resumes from
     it (a finished one returns at once). ``progress``: None draws a tqdm bar on a terminal only, False
-    never. Returns the per-step losses (averaged over ranks under DDP).
+    never. ``on_step(step, loss)`` is called after every step (a worker process reports its progress through
+    it). Returns the per-step losses (averaged over ranks under DDP).
     """
     from tqdm import tqdm
 
@@ -173,6 +176,8 @@ def train(model: nn.Module, tokens: torch.Tensor, config: TrainConfig, *, device
         bar.set_postfix(loss=f"{result.losses[-1]:.3f}",
                         tok_s=f"{config.batch_size * config.train_len / (time.perf_counter() - tick):.0f}")
         bar.update(1)
+        if on_step is not None:
+            on_step(step, result.losses[-1])
         if checkpoint_path is not None and rank == 0 and (step % config.checkpoint_every == 0
                                                           or step == config.steps):
             payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
