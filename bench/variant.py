@@ -15,12 +15,9 @@ from functools import cache
 import torch
 from torch import nn
 
+from bench.backend import COMPLEXITIES, ENCODINGS, FAMILIES
 from bench.config import BenchConfig
 from bench.measure.flops import Shape, attention_flops
-
-FAMILIES = ("softmax", "flash", "linear")
-PES = ("none", "ape", "rope", "spe-sine", "spe-conv", "lrpe-unitary", "lrpe-orthogonal", "lrpe-permutation")
-COMPLEXITIES = ("quadratic", "linear")
 
 
 @dataclass(frozen=True)
@@ -76,9 +73,11 @@ class Variant:
         head dim, dtype, mask); the registry checks devices, dtypes and causal itself before calling it.
         If it raises, the config is an ``error`` row.
     key_width: (head_dim) -> width of the features the attention kernel sees (2 D for LRPE-unitary, R for
-        SPE); used by the FLOP formulas.
+        SPE); used by the FLOP formulas. None: the encoding's (``bench.backend.ENCODINGS``).
     chunk_size: the chunk of chunked linear attention (FLOP formula), None for the other families.
     in_sweeps: False for entries that time the same kernel as another entry (APE acts at the embedding).
+    precheck: before a config of this variant is timed, check it against its oracle on small inputs
+        (``bench.equivalence.oracle_check``); a mismatch is an ``error`` row. Set for user kernels.
     """
 
     name: str
@@ -93,17 +92,18 @@ class Variant:
     causal_modes: tuple[bool, ...] = (True, False)
     probe: Callable[[], str | None] = always_available
     check: Callable[[BenchConfig], str | None] = supports_everything
-    key_width: Callable[[int], int] = lambda d: d
+    key_width: Callable[[int], int] | None = None
     chunk_size: int | None = None
     in_sweeps: bool = True
     description: str = ""
     options: dict = field(default_factory=dict)
+    precheck: bool = False
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
             raise ValueError(f"{self.name}: family must be one of {FAMILIES}, got {self.family!r}")
-        if self.pe not in PES:
-            raise ValueError(f"{self.name}: pe must be one of {PES}, got {self.pe!r}")
+        if self.pe not in ENCODINGS:
+            raise ValueError(f"{self.name}: pe must be one of {list(ENCODINGS)}, got {self.pe!r}")
         for what in (self.time_complexity, self.memory_complexity):
             if what not in COMPLEXITIES:
                 raise ValueError(f"{self.name}: complexity must be one of {COMPLEXITIES}, got {what!r}")
@@ -150,7 +150,8 @@ class Variant:
 
     def flop_shape(self, config: BenchConfig) -> Shape:
         """The sizes the FLOP and byte formulas of ``bench.measure.flops`` take for ``config``."""
-        return Shape(batch=config.batch, heads=config.heads, n=config.n, dk=self.key_width(config.d),
+        key_width = self.key_width or ENCODINGS[self.pe].key_width
+        return Shape(batch=config.batch, heads=config.heads, n=config.n, dk=key_width(config.d),
                      dv=config.d, d_in=config.d)
 
     def build(self, config: BenchConfig, seed: int = 0) -> nn.Module:

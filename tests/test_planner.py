@@ -7,11 +7,9 @@ import pytest
 from bench.config import BenchConfig
 from bench.measure.flops import attention_flops
 from bench.measure.timing import TIMER_DO_BENCH, TimingSettings
-from bench.registry import get_variant
-from bench.sweep.dryrun import dry_run
+from bench.registry import all_variants, backend_of, get_variant
+from bench.sweep.dryrun import dry_run, h100_estimate
 from bench.sweep.planner import (
-    COMPILE_SECONDS,
-    SHARED_COMPILE,
     Budget,
     CallModel,
     Planned,
@@ -158,7 +156,7 @@ def test_call_model_counts_warmup_timer_and_memory_calls():
 def test_flex_compile_time_enters_the_config_cost():
     p = Planned(BenchConfig(variant="flash@flex", n=1024, d=64, device="cuda"), get_variant("flash@flex"))
     seconds = budget().config_seconds(p, 0.001)
-    assert seconds == pytest.approx(COMPILE_SECONDS[("flex", "cuda", "fwd")] + 0.007)
+    assert seconds == pytest.approx(backend_of(p.variant).compile_seconds[("cuda", "fwd")] + 0.007)
     reason = budget(config_seconds=5.0).decide(p, Prediction(0.001, None, "test"), [], elapsed_s=0)
     assert reason is not None and "per-config limit of 5 s" in reason
 
@@ -196,8 +194,8 @@ def _cuda(name: str, n: int, pass_: str = "fwd", d: int = 64) -> BenchConfig:
 
 
 def test_triton_jit_and_fla_autotune_count_once_against_the_total_limit():
-    jit = SHARED_COMPILE[("triton", "cuda", "fwd")][0].seconds
-    autotune, fla_jit = (e.seconds for e in SHARED_COMPILE[("fla", "cuda", "fwd+bwd")])
+    jit = backend_of(get_variant("linear@triton")).shared_compile[("cuda", "fwd")][0].seconds
+    autotune, fla_jit = (e.seconds for e in backend_of(get_variant("linear@fla")).shared_compile[("cuda", "fwd+bwd")])
     calls_s = 0.007  # SEVEN_CALLS of 1 ms
     pred = Prediction(0.001, None, "test")
     # The first config of a fused-kernel series pays the JIT: over a total limit its calls alone would fit.
@@ -231,3 +229,18 @@ def test_call_model_of_the_pytest_timer_counts_the_call_that_sizes_its_rounds():
     assert pytest_timer.calls(0.1)["warmup"] == 2  # one warm-up call, then one after it (steady_call_seconds)
     assert pytest_timer.calls(0.01)["warmup"] == 5  # five warm-up calls: their median after the first
     assert CallModel(settings, "perf_counter").calls(0.1)["warmup"] == 1
+
+
+@pytest.mark.parametrize("pass_", ["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("d", [32, 64, 128, 256])
+def test_every_registered_variant_has_the_facts_the_planner_and_dry_run_need(pass_, d):
+    # A record lacking a fact (no backend record, no cost for a head dim, an unknown encoding) raises here,
+    # as --dry-run would; the predictions must be positive numbers the budget can use.
+    for name, variant in all_variants().items():
+        config = BenchConfig(variant=name, n=2048, d=d, heads=16, device="cuda", dtype="bfloat16", pass_=pass_)
+        p = Planned(config, variant, flops=variant.flops(config))
+        estimate = h100_estimate(p)
+        assert estimate.ms > 0 and estimate.peak_bytes > 0, name
+        assert budget().config_seconds(p, estimate.ms / 1e3) > 0, name
+        assert budget().shared_compile_seconds(p, [])[0] >= 0, name
+        assert variant.flops(config) > 0, name

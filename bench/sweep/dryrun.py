@@ -1,10 +1,11 @@
 """A dry run: the plan of a sweep on a device that need not be here, with predicted times from a cost model.
 
 ``python -m bench run --preset full --dry-run`` (``--assume-device h100``, the one model so far) plans the
-sweep for CUDA without probing this machine, predicts each config's per-call time and peak memory from
-``H100_MS`` (ESTIMATES from docs/anchors.md H100 measurements, scaled; see docs/gpu-timing.md), and runs the
-planner's own budget (``Budget.decide``, the call model of do_bench, compile times) over the plan in order, so
-the printed statuses are those the real run would give if the model is right. Nothing is measured here.
+sweep for CUDA without probing this machine, predicts each config's per-call time and peak memory from its
+backend's and encoding's records (ESTIMATES from docs/anchors.md H100 measurements, scaled; see
+docs/gpu-timing.md), and runs the planner's own budget (``Budget.decide``, the call model of do_bench, compile
+times) over the plan in order, so the printed statuses are those the real run would give if the model is right.
+Nothing is measured here.
 """
 
 from __future__ import annotations
@@ -13,54 +14,21 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from bench.backend import ENCODINGS, HOUSEHOLDER_FACTOR
 from bench.measure.timing import DO_BENCH_FLUSH_BYTES, TIMER_DO_BENCH
+from bench.registry import backend_of
 from bench.sweep.planner import Budget, CallModel, Planned, Prediction, plan
 from bench.sweep.presets import SweepSpec
 
 REF_TOKENS = 65536
 REF_HEADS = 16
 
-# (reference N, {D: (fwd ms, fwd+bwd ms)}) per backend, 16 heads, bf16, causal. Quadratic backends: batch 1 at
-# the reference N (time ~ batch x heads x N^2); linear backends: batch x N = 64k tokens (time ~ batch x heads
-# x N). "anchor": docs/anchors.md's H100 medians; "assumed": an anchored kernel's figure reused for a kernel of the
-# same algorithm, or a D = 128 figure taken as 2x D = 64 where docs/anchors.md has none.
-_FA2 = (65536, {64: (27.5, 104.9), 128: (51.6, 189.4)})
-_CUDNN = (65536, {64: (19.0, 66.9), 128: (28.1, 107.6)})
-_EFFICIENT = (16384, {64: (4.38, 18.8), 128: (8.76, 37.6)})
-_NAIVE = (16384, {64: (65.7, 162.0), 128: (131.4, 324.0)})
-H100_MS: dict[str, tuple[int, dict[int, tuple[float, float]]]] = {
-    "sdpa-flash": _FA2,                                   # anchor
-    "sdpa-cudnn": _CUDNN,                                 # anchor
-    "sdpa-efficient": _EFFICIENT,                         # anchor (D = 64); D = 128 assumed 2x
-    "flex": (65536, {64: (21.7, 91.9), 128: (43.4, 183.8)}),  # anchor (D = 64); D = 128 assumed 2x
-    "flash-attn2": _FA2,                                  # assumed = sdpa-flash (the same FA2 kernel)
-    "flash-attn3": _CUDNN, "flash-attn4": _CUDNN,         # assumed = cuDNN (Hopper kernels)
-    "xformers-cutlass": _EFFICIENT, "xformers-triton": _EFFICIENT,  # assumed = sdpa-efficient
-    "xformers-flash": _FA2, "xformers-flash3": _CUDNN,    # assumed
-    "naive": _NAIVE,                                      # anchor: naive softmax (D = 64); D = 128 assumed 2x
-    "sdpa-math": _NAIVE,                                  # assumed = naive softmax
-    "fla": (65536, {64: (0.97, 3.16), 128: (1.85, 6.76)}),            # anchor
-    "torch-chunked": (65536, {64: (3.37, 9.05), 128: (7.43, 21.3)}),  # anchor
-    # assumed = fla's figures: the suite's fused kernels are predicted at 1-1.5 ms fwd and 3-4 ms fwd+bwd at
-    # D = 64 (docs/kernels.md), i.e. about fla's; the positional transform is fused, so it adds nothing below.
-    "triton": (65536, {64: (0.97, 3.16), 128: (1.85, 6.76)}),
-}
-FUSED_BACKENDS = ("triton",)
-# Positional transforms outside the kernel, added per call at 64k tokens, 16 heads, D = 64 (x D / 64):
-# LRPE-orthogonal's unfused rotation is docs/anchors.md's 2.21 - 0.97 ms fwd, 6.42 - 3.16 ms fwd+bwd; RoPE and the
-# permutation are assumed to cost the same (one elementwise pass over q and k); LRPE-unitary is its anchored
-# 2.28 / 6.24 ms minus fla's 0.97 / 3.16 (its doubled key width included); SPE has no anchor: assumed 3x
-# LRPE-unitary's (R = 64 realisations); a Householder P is assumed +20% of the transform.
-H100_PE_MS: dict[str, tuple[float, float]] = {
-    "none": (0.0, 0.0), "ape": (0.0, 0.0),
-    "rope": (1.24, 3.26), "lrpe-orthogonal": (1.24, 3.26), "lrpe-permutation": (1.24, 3.26),
-    "lrpe-unitary": (1.31, 3.08), "spe-sine": (3.93, 9.24), "spe-conv": (3.93, 9.24),
-}
-HOUSEHOLDER_FACTOR = 1.2
-# Peak memory above the inputs, MiB at 64k tokens, 16 heads, D = 64, fwd+bwd (docs/anchors.md), x D / 64; the
-# forward is taken as half. Explicit-N x N variants: 16 bytes per score element (65824 MiB at 16k x 16 heads).
-H100_PEAK_MIB: dict[str, float] = {"fla": 1408.0, "triton": 1408.0, "torch-chunked": 2560.0, "flash": 1160.0}
+# Per-call times and peaks come from each backend's record (bench.backend.CostModel: H100 figures, anchored or
+# assumed, in bench/registry.py) and each encoding's (bench.backend.Encoding.h100_ms: the positional transform
+# outside the kernel, added per call at 64k tokens, 16 heads, D = 64, x D / 64).
 NAIVE_BYTES_PER_SCORE = 16.0
+"""Peak of explicit N x N scores (a cost model with peak_mib None): 16 bytes per score element (65824 MiB at
+16k x 16 heads, docs/anchors.md)."""
 H100_MEMORY_BYTES = 80 * 10**9
 H100_COPY_GBPS = 3000.0
 HARNESS_S_PER_CONFIG = 0.15
@@ -79,28 +47,25 @@ class Estimate:
 
 
 def h100_estimate(planned: Planned) -> Estimate:
-    """ESTIMATED per-call ms and peak bytes of ``planned`` on an H100 (see the tables above)."""
+    """ESTIMATED per-call ms and peak bytes of ``planned`` on an H100, from its backend's cost model and its
+    encoding's transform cost (bench.backend)."""
     config, variant = planned.config, planned.variant
     fwd = config.pass_ == "fwd"
-    ref_n, table = H100_MS[variant.backend]
+    cost = backend_of(variant).cost
     ref_d = 128 if config.d >= 128 else 64
-    base = table[ref_d][0 if fwd else 1] * config.d / ref_d
+    base = cost.ms[ref_d][0 if fwd else 1] * config.d / ref_d
     tokens = config.batch * config.n * config.heads / (REF_TOKENS * REF_HEADS)
-    naive = variant.backend in ("naive", "sdpa-math")
     if variant.time_complexity == "quadratic":
-        base *= config.batch * config.heads * config.n**2 / (REF_HEADS * ref_n**2)
+        base *= config.batch * config.heads * config.n**2 / (REF_HEADS * cost.ref_n**2)
     else:
         base *= tokens
-    pe_ms = H100_PE_MS[variant.pe][0 if fwd else 1] * tokens * config.d / 64
-    if variant.backend in FUSED_BACKENDS:
-        pe_ms = 0.0
+    pe_ms = 0.0 if cost.fuses_positions else ENCODINGS[variant.pe].h100_ms[0 if fwd else 1] * tokens * config.d / 64
     if variant.options.get("p", "identity") != "identity":
         pe_ms *= HOUSEHOLDER_FACTOR
-    if naive:
+    if cost.peak_mib is None:
         peak = NAIVE_BYTES_PER_SCORE * config.batch * config.heads * config.n**2
     else:
-        kind = variant.backend if variant.backend in H100_PEAK_MIB else "flash"
-        peak = H100_PEAK_MIB[kind] * 2**20 * tokens * config.d / 64 * (0.5 if fwd else 1.0)
+        peak = cost.peak_mib * 2**20 * tokens * config.d / 64 * (0.5 if fwd else 1.0)
     return Estimate(base + pe_ms, peak)
 
 

@@ -7,8 +7,8 @@ memory ~ batch N^b, a and b 2 for quadratic and 1 for linear), and never below w
 measured matmul ceiling of the config's dtype allows (time) or one float32 N x N matrix per head (memory of
 quadratic variants). A config's cost is its calls (``CallModel``: warm-up, the timer's own untimed calls,
 timed calls, memory pass) at the predicted per-call time, plus a fixed cost per config for backends that
-compile per shape (``COMPILE_SECONDS``); the Triton JIT and autotune a backend does once per series or run
-(``SHARED_COMPILE``, estimates) count against the run's total limit.
+compile per shape (its record's ``compile_seconds``, ``bench.backend.Backend``); the Triton JIT and autotune a
+backend does once per series or run (its ``shared_compile``, estimates) count against the run's total limit.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from bench.measure.timing import (
     TimingSettings,
     do_bench_rep_ms,
 )
-from bench.registry import get_variant
+from bench.registry import backend_of, get_variant
 from bench.sweep.presets import Limits, SweepSpec
 from bench.variant import Variant
 
@@ -37,46 +37,6 @@ PYTEST_TIMER_PREFIX = "pytest-benchmark:"
 """``timer`` values of the pytest front end, whose rounds are sized from a call after the first."""
 MEMORY_PASS_CALLS = 1
 """Calls of the peak-memory pass (bench.measure.memory.measure_peak_bytes)."""
-
-COMPILE_SECONDS: dict[tuple[str, str, str], float] = {
-    ("flex", "cpu", "fwd"): 18.0,
-    ("flex", "cuda", "fwd"): 10.0,
-    ("flex", "cuda", "fwd+bwd"): 20.0,
-}
-"""Fixed seconds per config for backends that compile one kernel per shape, by (backend, device, pass):
-FlexAttention under ``torch.compile(dynamic=False)`` compiles again for every new N, batch, D, dtype and pass.
-CPU: measured here, 17-18 s per new shape (docs/gpu-timing.md; FlexAttention has no CPU backward). CUDA: an
-estimate, not a measurement (docs/gpu-timing.md gives its basis); the first GPU run's flex rows replace it.
-It counts against the per-config limit and the total."""
-
-
-@dataclass(frozen=True)
-class SharedCompile:
-    """One-time work a backend does for the first config of a group and not again in the same process:
-    Triton's JIT (its kernels specialise on D, dtype, causal and pass, not on N) or an autotune. ``scope``
-    names the group (``series`` or ``run``); ``seconds`` is an ESTIMATE (docs/gpu-timing.md, "Compile time");
-    it counts against the run's total limit only, not the per-config limit, which is for a config's calls."""
-
-    what: str
-    scope: str
-    seconds: float
-
-
-SHARED_COMPILE: dict[tuple[str, str, str], tuple[SharedCompile, ...]] = {
-    # This suite's fused kernels, per series: fwd compiles the state and output kernels, fwd+bwd three more.
-    # Estimate from the ahead-of-time compile of the same kernels for sm_90 on this 2-core CPU (fwd 5.6-6.7 s,
-    # fwd+bwd 14-17 s for orthogonal D=64 and unitary D=128, bf16; docs/gpu-timing.md).
-    ("triton", "cuda", "fwd"): (SharedCompile("Triton JIT", "series", 6.0),),
-    ("triton", "cuda", "fwd+bwd"): (SharedCompile("Triton JIT", "series", 15.0),),
-    # fla's chunk kernels autotune about 48 configurations each, keyed on the chunk size and gating flags but
-    # not on D or dtype: once per run and pass (2 kernels fwd, 5 fwd+bwd, each configuration compiled and
-    # timed, ~1.15 s), then the chosen configuration compiles per series (~1.5 s a kernel). Estimates.
-    ("fla", "cuda", "fwd"): (SharedCompile("fla autotune", "run", 110.0), SharedCompile("Triton JIT", "series", 3.0)),
-    ("fla", "cuda", "fwd+bwd"): (SharedCompile("fla autotune", "run", 276.0),
-                                 SharedCompile("Triton JIT", "series", 7.5)),
-}
-"""Compile work shared by the configs of a group, by (backend, device, pass); see ``SharedCompile``."""
-
 
 @dataclass(frozen=True)
 class Planned:
@@ -193,17 +153,18 @@ class Budget:
 
     def config_seconds(self, planned: Planned, seconds_per_call: float) -> float:
         """Predicted seconds of one config: its calls plus the backend's per-shape compile time, if it compiles
-        per shape (``COMPILE_SECONDS``); compile work shared with other configs is ``shared_compile_seconds``."""
+        per shape (``Backend.compile_seconds``); compile work shared with other configs is
+        ``shared_compile_seconds``."""
         config = planned.config
-        fixed = COMPILE_SECONDS.get((planned.variant.backend, config.device, config.pass_), 0.0)
+        fixed = backend_of(planned.variant).compile_seconds.get((config.device, config.pass_), 0.0)
         return self.calls.seconds(seconds_per_call) + fixed
 
     def shared_compile_seconds(self, planned: Planned, measured: list[dict]) -> tuple[float, list[str]]:
-        """(seconds, what) of the ``SHARED_COMPILE`` work ``planned`` pays: the entries of its backend whose
+        """(seconds, what) of the ``Backend.shared_compile`` work ``planned`` pays: the entries of its backend whose
         group (its series, or the whole run for the same pass) has no ``ok`` row in ``measured`` yet. A resumed
         run's earlier rows count as compiled, though a new process compiles again (a known under-count)."""
         config = planned.config
-        entries = SHARED_COMPILE.get((planned.variant.backend, config.device, config.pass_), ())
+        entries = backend_of(planned.variant).shared_compile.get((config.device, config.pass_), ())
         seconds, what = 0.0, []
         for entry in entries:
             if not any(r.get("status") == "ok" and _same_group(entry.scope, _row_config(r), config)
