@@ -1,0 +1,164 @@
+"""``python -m bench gate``: run a gate (or read one), compare with the budgets, print the verdict; and
+``--update``, which makes the budgets from several gate runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from bench.gate.budget import Budgets, ToleranceRules, make_entries, now_utc
+from bench.gate.compare import compare
+from bench.gate.present import budget_summary, report
+from bench.gate.run import GateRun, Wrap, identity, new_gate_dir, run_gate
+from bench.gate.stats import measure
+from bench.sweep.store import DEFAULT_RESULTS_DIR
+
+DEFAULT_BUDGETS = Path(__file__).resolve().parents[1] / "budgets" / "cpu-gate.json"
+DEFAULT_PRESET = "gate"
+DEFAULT_REFERENCE = "linear@torch-chunked"
+DEFAULT_CYCLES = 30
+DEFAULT_UPDATE_RUNS = 5
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """passed: every check within budget; text: the verdict; table: every check; run_dir: the run compared."""
+
+    passed: bool
+    text: str
+    table: pd.DataFrame
+    run_dir: Path
+
+
+def gate(budgets_path: str | Path = DEFAULT_BUDGETS, run_dir: str | Path | None = None, *,
+         results_dir: str | Path = DEFAULT_RESULTS_DIR, wrap: Wrap = identity, log=None) -> GateResult:
+    """Make a gate run as the budgets say (or read ``run_dir``) and compare it with them."""
+    budgets = Budgets.load(budgets_path)
+    if run_dir is None:
+        run_dir = new_gate_dir(results_dir)
+        run = run_gate(budgets.preset, run_dir, reference=budgets.reference, cycles=budgets.cycles,
+                       threads=budgets.threads, peak_readings=budgets.peak_readings, wrap=wrap, log=log)
+    else:
+        run = GateRun.load(run_dir)
+    table = compare(budgets, measure(run), run)
+    passed = bool(table["ok"].astype(bool).all())
+    return GateResult(passed, report(table, budgets_path, run_dir, budgets.reference), table, Path(run_dir))
+
+
+def update(budgets_path: str | Path = DEFAULT_BUDGETS, run_dirs: list[str | Path] | None = None, *,
+           runs: int = DEFAULT_UPDATE_RUNS, preset: str | None = None, cycles: int | None = None,
+           rules: ToleranceRules | None = None, results_dir: str | Path = DEFAULT_RESULTS_DIR,
+           log=None) -> tuple[Budgets, str]:
+    """Write budgets from the gate runs ``run_dirs`` (or ``runs`` new ones): (budgets, summary text).
+
+    An existing file's preset, reference, cycles, threads, peak readings and rules are kept unless given.
+    Refuses (ValueError, nothing written) runs with a config that was not ok, of different presets or
+    cycle counts, or without the reference's ratios (time would never be gated)."""
+    path = Path(budgets_path)
+    old = Budgets.load(path) if path.exists() else None
+    preset = preset or (old.preset if old else DEFAULT_PRESET)
+    first = GateRun.load(run_dirs[0]) if run_dirs else None
+    reference = old.reference if old else (first.reference if first else DEFAULT_REFERENCE)
+    cycles = cycles or (old.cycles if old else DEFAULT_CYCLES)
+    threads = old.threads if old else 1
+    peak_readings = old.peak_readings if old else 5
+    rules = rules or (old.rules if old else ToleranceRules())
+    if not run_dirs:
+        if runs < 1:
+            raise ValueError(f"--runs must be >= 1, got {runs}")
+        run_dirs = []
+        for i in range(runs):
+            directory = new_gate_dir(results_dir)
+            run_gate(preset, directory, reference=reference, cycles=cycles, threads=threads,
+                     peak_readings=peak_readings, log=log)
+            run_dirs.append(directory)
+            if log is not None:
+                log(f"gate --update: run {i + 1}/{runs} done ({directory})")
+    loaded = [GateRun.load(d) for d in run_dirs]
+    measured = []
+    for directory, run in zip(run_dirs, loaded, strict=True):
+        bad = [f"{e.variant} N={e.n}: {e.status} ({e.reason})" for e in run.configs if e.status != "ok"]
+        if bad:
+            raise ValueError(f"{directory} cannot make budgets: {len(bad)} configs not ok ({'; '.join(bad[:5])}). "
+                             "Rerun the gate, or give only runs that finished clean")
+        if run.cycles != cycles or run.preset != loaded[0].preset:
+            raise ValueError(f"{directory} was made with {run.cycles} cycles and preset {run.preset['name']!r}; "
+                             f"the budgets take {cycles} cycles and the preset of {run_dirs[0]}")
+        found = measure(run)
+        if run.reference != reference or not (found["ratio"]["variant"] != reference).any():
+            raise ValueError(f"{directory} cannot make budgets: the reference {reference} has no time ratios "
+                             f"(the run's reference is {run.reference}, its variants "
+                             f"{sorted({e.variant for e in run.configs})})")
+        measured.append(found)
+    budgets = Budgets(preset=preset, reference=reference, cycles=cycles, threads=threads,
+                      peak_readings=peak_readings, rules=rules, spec=loaded[0].preset,
+                      measured_on={**loaded[0].environment, "runs": [str(d) for d in run_dirs],
+                                   "updated_utc": now_utc()},
+                      entries=make_entries(measured, rules))
+    budgets.save(path)
+    return budgets, budget_summary(budgets, len(run_dirs)) + f"\nbudgets written to {path}"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--budgets", metavar="FILE", type=Path, default=None,
+                        help="budget file (default bench/budgets/cpu-gate.json; with --quality cpu-quality.json)")
+    parser.add_argument("--quality", action="store_true",
+                        help="the quality gate (bits per byte of fixed-weight models, one per encoding kind) "
+                             "instead of speed and memory")
+    parser.add_argument("--run", dest="run_dirs", metavar="DIR", type=Path, action="append", default=None,
+                        help="read this gate run instead of measuring; with --update, repeat it to make the "
+                             "budgets from several runs")
+    parser.add_argument("--update", action="store_true", help="rewrite the budgets from gate runs")
+    parser.add_argument("--runs", type=int, default=DEFAULT_UPDATE_RUNS,
+                        help=f"with --update and no --run: how many gate runs to make (default {DEFAULT_UPDATE_RUNS})")
+    parser.add_argument("--preset", default=None, help=f"with --update: the gate preset (default {DEFAULT_PRESET})")
+    parser.add_argument("--cycles", type=int, default=None,
+                        help=f"with --update: timing cycles per gate run (default {DEFAULT_CYCLES})")
+    parser.add_argument("--results-dir", dest="results_dir", type=Path, default=DEFAULT_RESULTS_DIR,
+                        help=f"where gate runs are stored (default {DEFAULT_RESULTS_DIR}/)")
+
+
+def main(args: argparse.Namespace) -> int:
+    """0 when every check is within budget (or after --update), 1 on failure."""
+    def log(message: str) -> None:
+        print(message, file=sys.stderr)
+
+    if args.quality:
+        return _quality(args)
+    args.budgets = args.budgets or DEFAULT_BUDGETS
+    if args.update:
+        _budgets, text = update(args.budgets, args.run_dirs, runs=args.runs, preset=args.preset,
+                                cycles=args.cycles, results_dir=args.results_dir, log=log)
+        print(text)
+        return 0
+    if args.preset is not None or args.cycles is not None:
+        raise ValueError("--preset and --cycles choose what --update makes budgets from; without --update the gate "
+                         f"runs the preset and cycles of its budget file ({args.budgets})")
+    if args.run_dirs and len(args.run_dirs) > 1:
+        raise ValueError(f"the gate reads one run (got {len(args.run_dirs)} --run); several runs go with --update")
+    result = gate(args.budgets, args.run_dirs[0] if args.run_dirs else None, results_dir=args.results_dir, log=log)
+    print(result.text)
+    return 0 if result.passed else 1
+
+
+def _quality(args: argparse.Namespace) -> int:
+    from bench.gate.quality import DEFAULT_QUALITY_BUDGETS, make_budgets, quality_gate
+
+    if args.run_dirs or args.preset is not None or args.cycles is not None:
+        raise ValueError("--run, --preset and --cycles are options of the speed and memory gate, not of --quality")
+    path = args.budgets or DEFAULT_QUALITY_BUDGETS
+    if args.update:
+        budgets = make_budgets()
+        budgets.save(path)
+        worst = max(budgets.entries, key=lambda e: e.spread)
+        print(f"quality budgets written to {path}: {len(budgets.entries)} scores; largest |float32 - float64| "
+              f"{worst.spread:.1e} bits ({worst.variant} at {worst.length}); tolerance "
+              f"max({budgets.floor:.0e}, {budgets.margin:g} x that)")
+        return 0
+    result = quality_gate(path)
+    print(result.text)
+    return 0 if result.passed else 1
