@@ -138,8 +138,8 @@ def speed_quality(frame: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     """One row per variant that has both speed rows and extrapolation rows (matched by variant name): its
     median time (with p20, p80) and peak memory at the largest N that every such variant was measured at
     in the first speed panel, beside its ``main_quality`` bits per byte and error; with a note naming the
-    panel and N, or why there is no table. The Pareto column marks the variants no other beats on both
-    time and bits per byte (lower is better for both)."""
+    panel and N, or why there is no table. The Pareto columns mark the variants no other beats on both time
+    (or peak memory) and bits per byte (lower is better for both)."""
     found = main_quality(frame)
     speed = analysis.ok_rows(frame)
     if found.empty or not analysis.has(speed, "variant", "n", "time_median_ms"):
@@ -160,14 +160,15 @@ def speed_quality(frame: pd.DataFrame) -> tuple[pd.DataFrame, str]:
         if variant not in at.index:
             continue
         row = at.loc[variant]
-        rows.append({"variant": variant, "encoding": parse_variant(variant)[1],
+        rows.append({"variant": variant, "encoding": parse_variant(variant)[1], "N": n,
                      "time, ms": float(row["time_median_ms"]),
                      "time p20, ms": float(row.get("time_p20_ms", math.nan)),
                      "time p80, ms": float(row.get("time_p80_ms", math.nan)),
                      "peak, MiB": float(row.get("peak_mem_bytes", math.nan)) / 2**20,
                      "bits/byte": quality_by.loc[variant, "bits/byte"], "error": quality_by.loc[variant, "error"]})
     out = pd.DataFrame(rows)
-    out["Pareto"] = pareto(out["time, ms"], out["bits/byte"])
+    out["Pareto, time"] = pareto(out["time, ms"], out["bits/byte"])
+    out["Pareto, memory"] = pareto(out["peak, MiB"], out["bits/byte"])
     length = int(found["eval_len"].iloc[0])
     missing = sorted(set(both) - set(out["variant"]))
     note = (f"time and peak at N = {n} ({analysis.panel_title(key)}), bits per byte at evaluation length "

@@ -93,11 +93,11 @@ def crossover_items(speed: pd.DataFrame) -> list[str]:
 
 
 def _change(row: pd.Series) -> str:
-    """', +0.012 ± 0.003 over its own at the training length' where the rows carry it."""
+    """', +0.012 ± 0.0031 over its own at the training length' where the rows carry it."""
     if math.isnan(row.get("vs train length", math.nan)):
         return ""
     se = row["vs train length SE"]
-    return (f", {row['vs train length']:+.3f}" + (f" ± {se:.3f}" if not math.isnan(se) else "")
+    return (f", {row['vs train length']:+.3f}" + (f" ± {se:.2g}" if not math.isnan(se) else "")
             + " over its own at the training length")
 
 

@@ -169,6 +169,14 @@ def _legend(ax: plt.Axes, count: int) -> None:
                   ncols=_legend_columns(min(MAX_COLUMNS, panels)))
 
 
+def _shared_legend(fig: plt.Figure, ax: plt.Axes) -> None:
+    """One legend for a figure whose panels draw the same entries (``ax``'s), under all of them, in as many
+    columns as the figure's width holds."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", frameon=False, ncols=_legend_columns(1))
+
+
 def _scaling_figure(frame: pd.DataFrame, value: str, ylabel: str, scale: float, title: str,
                     band: tuple[str, str] | None, fit: bool = True,
                     extra: Callable[[plt.Axes, dict, pd.DataFrame], None] | None = None,
@@ -301,7 +309,7 @@ def cost_figure(costs: pd.DataFrame, styles: Styles) -> bytes | None:
         for k, g in costs.groupby(keys, sort=True, dropna=False)]
     with plt.rc_context(RC):
         entries = max(g["variant"].nunique() for _, g in groups)
-        fig, axes = _grid(2 * len(groups), entries)
+        fig, axes = _grid(2 * len(groups), math.ceil(entries / _legend_columns(1)) * _legend_columns(2))
         for index, (key, group) in enumerate(groups):
             for ax, column, what in ((axes[2 * index], "time ratio", "time"),
                                      (axes[2 * index + 1], "memory ratio", "peak memory")):
@@ -315,7 +323,8 @@ def cost_figure(costs: pd.DataFrame, styles: Styles) -> bytes | None:
                 _ratio_axis(ax)
                 ax.set_ylabel(f"{what} / plain attention's (same backend, N)")
                 ax.set_title(f"cost of each encoding, {what}: {analysis.panel_title(key)}")
-                _legend(ax, len(ax.get_legend_handles_labels()[1]))
+        # The two panels of a row draw the same variants: one legend under the figure, not two.
+        _shared_legend(fig, max(axes, key=lambda a: len(a.get_legend_handles_labels()[1])))
         return to_png(fig)
 
 
@@ -345,7 +354,7 @@ def tradeoff_figure(table: pd.DataFrame, styles: Styles, n: int | None = None) -
         return None
     at = f" at N = {format_tokens(n)}" if n else ""
     with plt.rc_context(RC):
-        fig, axes = _grid(2, len(table) + 1)
+        fig, axes = _grid(2, math.ceil((len(table) + 2) / _legend_columns(1)) * _legend_columns(2))
         for ax, column, xlabel in ((axes[0], "time, ms", f"median time per call{at}, ms (bars p20-p80)"),
                                    (axes[1], "peak, MiB", f"peak memory above the inputs{at}, MiB")):
             points = table[table[column].notna() & (table[column] > 0)]
@@ -362,12 +371,15 @@ def tradeoff_figure(table: pd.DataFrame, styles: Styles, n: int | None = None) -
             if len(front) > 1:
                 ax.step(front[column], front["bits/byte"], where="post", color="grey", linewidth=1.2,
                         linestyle="--", label="Pareto front (no point better on both)", zorder=0)
+            # A ring around each point of the front: a front of close points is a step too short to see.
+            ax.scatter(front[column], front["bits/byte"], s=260, facecolors="none", edgecolors="grey",
+                       linewidths=1.5, label="on the Pareto front", zorder=3)
             ax.set_xscale("log")
             ax.xaxis.set_major_formatter(FuncFormatter(format_value))
             ax.set_xlabel(xlabel)
             ax.set_ylabel("bits per byte at the longest evaluated length\n(lower is better; bars: noise)")
             ax.set_title("speed against quality" if column == "time, ms" else "memory against quality")
-            _legend(ax, len(ax.get_legend_handles_labels()[1]))
+        _shared_legend(fig, axes[0])
         return to_png(fig)
 
 

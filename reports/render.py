@@ -347,12 +347,12 @@ def tradeoff_section(frame: pd.DataFrame, styles: plots.Styles | None) -> str:
     found, note = encodings.speed_quality(frame)
     if found.empty:
         return f"<p class='note'>Not shown: {esc(note)}.</p>"
-    n = int(note.split("N = ")[1].split(" ")[0]) if "N = " in note else None
+    n = int(found["N"].iloc[0])
     styles = styles or plots.variant_styles(found["variant"])
     caption = (f"A point per variant: {note}. Error bars: time p20-p80; bits per byte, the seed standard "
                "deviation where there are several seeds, else the rows' standard error (none drawn where the "
-               "rows carry neither). The dashed step line is the Pareto front: no other point is lower on both "
-               "axes.")
+               "rows carry neither). The dashed step line and the grey rings mark the Pareto front of each panel: no "
+               "other point is lower on both axes (the table's Pareto columns).")
     return figure("tradeoff", plots.tradeoff_figure(found, styles, n), caption) + table(found, precision=4)
 
 

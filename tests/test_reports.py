@@ -509,9 +509,11 @@ def test_speed_against_quality_has_one_point_per_variant_and_the_pareto_front():
               _extrap_row("softmax@b", 512, 2.5), _extrap_row("linear-rope@a", 512, 3.5)]
     table, note = encodings.speed_quality(to_frame(speed + extrap))
     assert "N = 512" in note
-    front = dict(zip(table["variant"], table["Pareto"], strict=True))
+    front = dict(zip(table["variant"], table["Pareto, time"], strict=True))
     # rope is slower than plain and worse: dominated; softmax is slower than unitary and worse: dominated
     assert front == {"linear@a": True, "linear-lrpe-unitary@a": True, "softmax@b": False, "linear-rope@a": False}
+    assert table["Pareto, memory"].sum() >= 1  # every peak is 1e6 B: the best bits per byte is on the front
+    assert table.set_index("variant").loc["linear-lrpe-unitary@a", "Pareto, memory"]
     _, found = _render(speed + extrap)
     assert found.sections.index("tradeoff") < found.sections.index("time")
     assert len(found.figures["tradeoff"]) == 1
