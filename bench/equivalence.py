@@ -31,7 +31,7 @@ from torch import Tensor
 
 from baselines.softmax import softmax_attention
 from bench.config import DTYPES, BenchConfig
-from bench.registry import all_variants, get_variant
+from bench.registry import all_variants, backend_of, get_variant
 from bench.sweep.executor import describe
 from bench.variant import Variant
 
@@ -44,8 +44,11 @@ DEFAULT_SHAPES: tuple[tuple[int, int, int, int], ...] = ((2, 4, 1024, 64), (1, 4
 LRPE-unitary's key width reaches 256)."""
 
 REFERENCE_LINEAR_BACKEND = "torch-chunked"
-_NOT_KERNELS = ("naive", REFERENCE_LINEAR_BACKEND)
+REFERENCE_SOFTMAX_BACKEND = "naive"
 _SEED = 0
+PRECHECK_SHAPE = (1, 2, 96, None)
+"""(B, H, N, D) of the check a user kernel passes before it is timed: small, N not a multiple of 64 (a partial
+last tile or chunk), D the config's."""
 
 
 @dataclass
@@ -78,7 +81,7 @@ def kernel_variants() -> list[Variant]:
     """The registry's variants that run an accelerated kernel, each paired with an oracle (see above)."""
     out = []
     for variant in all_variants().values():
-        if variant.backend in _NOT_KERNELS:
+        if backend_of(variant).reference:
             continue
         # softmax kernels without positions (the kernel is all that differs); linear ones with every encoding
         if variant.family == "linear" or variant.pe == "none":
@@ -87,10 +90,13 @@ def kernel_variants() -> list[Variant]:
 
 
 def oracle_name(variant: Variant) -> str:
-    """What ``variant`` is compared with: the softmax oracle, or its torch-chunked twin."""
+    """What ``variant`` is compared with: its torch-chunked twin (linear), the softmax oracle (no positions),
+    or its explicit-softmax twin with the same encoding (``softmax-rope@naive``), in float64."""
     if variant.family == "linear":
         return variant.name.replace(f"@{variant.backend}", f"@{REFERENCE_LINEAR_BACKEND}")
-    return "softmax_attention (float64)"
+    if variant.pe == "none":
+        return "softmax_attention (float64)"
+    return f"softmax-{variant.pe}@{REFERENCE_SOFTMAX_BACKEND} (float64)"
 
 
 def _normalised_error(x: Tensor | None, reference: Tensor | None) -> float:
@@ -133,8 +139,12 @@ def _oracle(variant: Variant, config: BenchConfig, q: Tensor, k: Tensor, v: Tens
         dtype = "float64" if config.dtype == "float64" else "float32"
         core = twin.build(replace(config, variant=twin.name, dtype=dtype), seed=_SEED)
         cast = DTYPES[dtype]
-    else:
+    elif variant.pe == "none":
         core, cast = _SoftmaxOracle(config.causal), torch.float64
+    else:
+        twin = get_variant(oracle_name(variant).split(" ")[0])
+        core = twin.build(replace(config, variant=twin.name, dtype="float64"), seed=_SEED).to(torch.float64)
+        cast = torch.float64
     inputs = (t.to(cast) for t in (q, k, v))
     return _run(core, *inputs, None if grad_out is None else grad_out.to(cast), draw_seed)
 
@@ -171,6 +181,23 @@ def compare(variant: Variant, config: BenchConfig, *, backward: bool = True) -> 
     if row.status == "fail":
         row.reason = f"exceeds the tolerance {row.tolerance:.0e} against {oracle_name(variant)}"
     return row
+
+
+def oracle_check(variant: Variant, config: BenchConfig) -> str | None:
+    """None when ``variant`` matches its oracle on small seeded inputs (``PRECHECK_SHAPE``) in ``config``'s
+    device, dtype and causal mode (gradients too for fwd+bwd), else why not: the max normalised errors against
+    the tolerance, or what the kernel raised. The sweep runs it before a user kernel is timed."""
+    b, h, n, _ = PRECHECK_SHAPE
+    small = replace(config, batch=b, heads=h, n=n)
+    row = compare(variant, small, backward=config.pass_ == "fwd+bwd")
+    if row.status == "pass":
+        return None
+    what = f"oracle check on {row.shape} {config.dtype} against {oracle_name(variant)}"
+    if row.status == "error":
+        return f"{what} raised: {row.reason}"
+    if row.reason.startswith("exceeds the tolerance"):  # the errors and tolerance say it; the oracle is named
+        row.reason = ""
+    return f"{what} failed: {row.describe()}"
 
 
 def _rows_for(variant: Variant, device: str, dtypes: Sequence[str],

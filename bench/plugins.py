@@ -113,11 +113,17 @@ def _as_records(obj: object, target: str) -> list[Backend | Variant]:
     """What ``target`` named as records: a Kernel, a Backend, a Variant, or a function returning one of them
     or a list of them."""
     records = (Kernel, Backend, Variant)
-    items = obj() if callable(obj) and not isinstance(obj, records) else obj
+    expected = ("expected a bench.plugins.kernel(...) declaration, a bench.backend.Backend, a Variant, or a "
+                "function of no arguments returning them")
+    items = obj
+    if callable(obj) and not isinstance(obj, records):
+        try:
+            items = obj()
+        except Exception as exc:  # not a factory (or a broken one): say what was named and what is expected
+            raise ValueError(f"calling {target!r} raised {type(exc).__name__}: {exc}; {expected}") from None
     items = list(items) if isinstance(items, (list, tuple)) else [items]
     if not items or not all(isinstance(item, records) for item in items):
-        raise ValueError(f"{target} gave {items!r}; expected a bench.plugins.kernel(...) declaration, a "
-                         "bench.backend.Backend, a Variant, or a function returning them")
+        raise ValueError(f"{target!r} gave {items!r}; {expected}")
     return [item.record(source=target) if isinstance(item, Kernel) else item for item in items]
 
 

@@ -91,6 +91,8 @@ class Sweep:
         # takes ~400k objects out of every later gc pass, which otherwise cost ~90 ms per config here.
         gc.freeze()
         self.started: float | None = None
+        self.prechecked: dict[tuple, str | None] = {}
+        """Oracle checks of user kernels by (variant, device, dtype, D, causal, pass): None passed, else why not."""
         """perf_counter() at the first ``run_one``: the start of the budget's clock."""
 
     def elapsed_s(self) -> float:
@@ -132,6 +134,9 @@ class Sweep:
         if status is None:
             reason, prediction = self.budget.check(planned, self.rows, self.elapsed_s())
             status = "over-budget" if reason else None
+        if status is None and variant.precheck:
+            reason = self.precheck(planned)
+            status = "error" if reason else None
         if status is None:
             measured = self.executor.run(config, variant, timer, flops=planned.flops)
             status, reason = measured.pop("status"), measured.pop("reason")
@@ -155,6 +160,17 @@ class Sweep:
         self.rows.append(row)
         self.done.add(config.key)
         return row
+
+    def precheck(self, planned: Planned) -> str | None:
+        """None when ``planned``'s variant matches its oracle on small inputs in this config's device, dtype,
+        head dim, causal mode and pass (checked once per run session), else the reason its rows are errors."""
+        config = planned.config
+        key = (config.variant, config.device, config.dtype, config.d, config.causal, config.pass_)
+        if key not in self.prechecked:
+            from bench.equivalence import oracle_check
+
+            self.prechecked[key] = oracle_check(planned.variant, config)
+        return self.prechecked[key]
 
     def finish(self) -> Path:
         """Write the run's frame (results.csv) and return its path."""
