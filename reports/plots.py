@@ -260,8 +260,8 @@ def throughput_figure(frame: pd.DataFrame, ceilings: dict[tuple[str, str], dict]
 
 
 def extrapolation_figure(frame: pd.DataFrame, styles: Styles | None = None) -> bytes | None:
-    """Perplexity against eval length, one panel per protocol, a line per (variant, train length), the
-    training length marked with a vertical line; None without extrapolation rows that have perplexity."""
+    """Perplexity (mean over seeds) against eval length, one panel per protocol, a line per (variant, train
+    length), the training length marked with a vertical line; None without extrapolation rows that have perplexity."""
     ok = analysis.ok_rows(frame, "extrapolation")
     if not analysis.has(ok, "variant", "eval_len", "perplexity"):
         return None
@@ -270,14 +270,19 @@ def extrapolation_figure(frame: pd.DataFrame, styles: Styles | None = None) -> b
     styles = styles or variant_styles(ok["variant"].dropna())
     with plt.rc_context(RC):
         lines = ok.groupby(["variant"] + (["train_len"] if "train_len" in ok else []), dropna=False).ngroups
-        fig, axes = _grid(len(protocols), lines)
+        shared = len(protocols) > 1  # the protocols' panels draw the same lines: one legend under both
+        fig, axes = _grid(len(protocols), math.ceil(lines / _legend_columns(1)) * _legend_columns(2) if shared
+                          else lines)
         for ax, protocol in zip(axes, protocols, strict=True):
             panel = ok[ok["protocol"].fillna("(no protocol)").astype(str) == protocol] if protocol else ok
             by = ["variant"] + (["train_len"] if "train_len" in panel else [])
             train_lens = set()
             for names, line in panel.groupby(by, sort=True, dropna=False):
                 names = names if isinstance(names, tuple) else (names,)
-                line = line.drop_duplicates(subset="eval_len", keep="last").sort_values("eval_len")
+                # One point per length: the mean over seeds (a config stored twice: the last row of each seed).
+                seeds = ["eval_len", "seed"] if "seed" in line else ["eval_len"]
+                line = (line.drop_duplicates(subset=seeds, keep="last").groupby("eval_len", as_index=False)
+                        ["perplexity"].mean())
                 train = names[1] if len(names) > 1 and pd.notna(names[1]) else None
                 label = str(names[0]) + (f" (trained at {format_tokens(train)})" if train else "")
                 ax.plot(line["eval_len"], line["perplexity"], markersize=4.5, label=_label(label),
@@ -293,7 +298,10 @@ def extrapolation_figure(frame: pd.DataFrame, styles: Styles | None = None) -> b
             _log_y(ax)
             ax.set_ylabel("perplexity, exp(mean loss per token)")
             ax.set_title(f"extrapolation: {protocol}" if protocol else "extrapolation")
-            _legend(ax, len(ax.get_legend_handles_labels()[1]))
+            if not shared:
+                _legend(ax, len(ax.get_legend_handles_labels()[1]))
+        if shared:
+            _shared_legend(fig, max(axes, key=lambda a: len(a.get_legend_handles_labels()[1])))
         return to_png(fig)
 
 

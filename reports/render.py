@@ -212,12 +212,13 @@ def _slope_note(frame: pd.DataFrame, value: str) -> str:
 def extrapolation_section(frame: pd.DataFrame, styles: plots.Styles | None = None) -> str:
     rows = frame[frame["task"] == "extrapolation"] if "task" in frame else frame.iloc[0:0]
     parts = [figure("extrapolation", plots.extrapolation_figure(frame, styles),
-                    "Perplexity against the evaluation length, a panel per protocol; the dashed vertical line "
-                    "marks the training length.")]
+                    "Perplexity (the mean over seeds where there are several) against the evaluation length, a "
+                    "panel per protocol; the dashed vertical line marks the training length.")]
     index = [c for c in ("variant", "train_len", "protocol") if c in rows]
     if analysis.has(rows, "eval_len", "perplexity") and index:
         ok = analysis.ok_rows(rows, "extrapolation")
-        pivot = ok.pivot_table(index=index, columns="eval_len", values="perplexity", aggfunc="last", dropna=False)
+        ok = ok.drop_duplicates([*index, "eval_len", *(["seed"] if "seed" in ok else [])], keep="last")
+        pivot = ok.pivot_table(index=index, columns="eval_len", values="perplexity", aggfunc="mean", dropna=False)
         pivot.columns = [f"ppl @ {plots.format_tokens(c)}" for c in pivot.columns]
         parts.append(table(pivot.reset_index()))
     return "".join(parts)

@@ -545,3 +545,12 @@ def test_predictions_at_128k_and_1m_follow_the_power_law_and_check_the_device_me
     section = _section(text, "beyond")
     assert "Extrapolated, not measured." in section and "yes (of 80 GiB)" in section
     assert "Extrapolated, not measured: at 1M tokens the fit predicts softmax@b fastest" in _section(text, "findings")
+
+
+def test_extrapolation_table_and_figure_take_the_mean_over_seeds():
+    rows = [{**_extrap_row("linear@x", e, 2.0, seed=s), "perplexity": p}
+            for e in (128, 256) for s, p in ((0, 3.0), (1, 5.0))]
+    text, found = _render(rows)
+    section = _section(text, "extrapolation")
+    assert ">4<" in section and ">3<" not in section and ">5<" not in section  # mean of 3 and 5, not the last
+    assert len(found.figures["extrapolation"]) == 1
