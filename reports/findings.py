@@ -136,8 +136,16 @@ def beyond_items(predictions: pd.DataFrame) -> list[str]:
     estimate = usable[column].map(lambda text: float(str(text).split(" ")[0]))
     best = usable.loc[estimate.idxmin()]
     fits = best.get(f"fits memory @ {target}", "")
+    text = str(best[column])
+    wide = ""
+    if "[" in text:  # '3.34 [3.4e-07, 3.28e+07]': an interval over 100x wide says the fit cannot tell
+        low, high = (float(x) for x in text.split("[")[1].rstrip("]").split(", "))
+        if low > 0 and high / low > 100:
+            wide = f"; its interval spans {high / low:.0e} x, so the fit cannot tell"
     return [f"Extrapolated, not measured: at {target} tokens the fit predicts {best['variant']} fastest, "
-            f"{best[column]} s per call" + (f", fits the device's memory: {fits}" if fits else "")
+            f"{text} s per call{wide}"
+            + ("; the device's total memory is not recorded, so whether it fits is unknown"
+               if fits == "memory not recorded" else f"; fits the device's memory: {fits}" if fits else "")
             + " (see 'Beyond the measured range')."]
 
 

@@ -291,8 +291,10 @@ def extrapolation_figure(frame: pd.DataFrame, styles: Styles | None = None) -> b
                     train_lens.add(int(train))
             for train in sorted(train_lens):
                 ax.axvline(train, color="grey", linewidth=1, linestyle="--")
-                ax.annotate(f"train length {format_tokens(train)}", (train, 1), xycoords=("data", "axes fraction"),
-                            xytext=(3, -12), textcoords="offset points", fontsize=7.5, color="dimgrey")
+                # Along the line, halfway up: at the top it ran into the lines that start there.
+                ax.annotate(f"train length {format_tokens(train)}", (train, 0.5), xycoords=("data", "axes fraction"),
+                            xytext=(4, 0), textcoords="offset points", fontsize=9, color="dimgrey", rotation=90,
+                            va="center")
             _n_axis(ax, [float(n) for n in panel["eval_len"]] + [float(t) for t in train_lens])
             ax.set_xlabel("evaluation length, tokens")
             _log_y(ax)

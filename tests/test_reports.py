@@ -17,6 +17,7 @@ from bench.sweep.session import Sweep
 from bench.sweep.store import RunStore
 from reports import analysis, beyond, encodings
 from reports.__main__ import main as reports_main
+from reports.findings import beyond_items
 from reports.load import Run, ceilings_by_dtype, load_run, run_ceilings
 from reports.render import REPORT_FILE, render_runs
 from reports.summary import summary_text
@@ -544,7 +545,12 @@ def test_predictions_at_128k_and_1m_follow_the_power_law_and_check_the_device_me
     text = render_runs([run])
     section = _section(text, "beyond")
     assert "Extrapolated, not measured." in section and "yes (of 80 GiB)" in section
-    assert "Extrapolated, not measured: at 1M tokens the fit predicts softmax@b fastest" in _section(text, "findings")
+    findings = _section(text, "findings")
+    assert "Extrapolated, not measured: at 1M tokens the fit predicts softmax@b fastest" in findings
+    assert "fits the device&#x27;s memory: yes (of 80 GiB)" in findings and "cannot tell" not in findings
+    wide = beyond_items(pd.DataFrame([{"variant": "a", "time @ 1M, s": "3.34 [3.4e-07, 3.28e+07]",
+                                       "fits memory @ 1M": "memory not recorded"}]))[0]
+    assert "its interval spans 1e+14 x, so the fit cannot tell" in wide and "whether it fits is unknown" in wide
 
 
 def test_extrapolation_table_and_figure_take_the_mean_over_seeds():
