@@ -24,8 +24,9 @@ def add_sweep_options(add) -> None:
     add("--preset", default=None, help=f"preset name ({', '.join(preset_names())}) or path to a .toml; "
         "default: quick on CPU, full on GPU")
     add("--device", default=None, help="cpu, cuda or auto (default: the preset's, auto)")
-    add("--n", default=None, help="sequence lengths: 1k..64k (doubling), 1k,4k,16k, or 4096")
-    add("--d", default=None, help="head dims, e.g. 64 or 64,128")
+    # --seq-lens and --head-dims: torchrun refuses --n and --d as ambiguous abbreviations of its own options
+    add("--n", "--seq-lens", dest="n", default=None, help="sequence lengths: 1k..64k (doubling), 1k,4k,16k, or 4096")
+    add("--d", "--head-dims", dest="d", default=None, help="head dims, e.g. 64 or 64,128")
     add("--variants", default=None, help="comma list of names or globs, e.g. 'linear-lrpe-*,flash@sdpa-flash'")
     add("--dtype", default=None, help="float32, bfloat16, float16, float64 (or bf16, fp16...), comma list")
     add("--causal", default=None, help="true, false or both")
@@ -87,12 +88,19 @@ def _run(args: argparse.Namespace) -> int:
 
     from bench.sweep.presets import load_spec
     from bench.sweep.session import Sweep
-    from reports.render import REPORT_FILE, write_report
-    from reports.summary import summary_text
 
     if args.dry_run:
         return _dry_run(args)
     spec = load_spec(args.preset, device=args.device, overrides=overrides_from(vars(args)))
+    from bench.sweep.distributed import run_ranks, world_size
+
+    if world_size() > 1:  # under torchrun: rank 0 gets the session holding every row, the others are done
+        if args.shard:
+            raise ValueError(f"--shard {args.shard} splits a sweep between separate runs; under torchrun the "
+                             "ranks share the configs already: leave --shard out")
+        sweep = run_ranks(spec, results_dir=args.results_dir or DEFAULT_RESULTS_DIR, run_id=args.run_id,
+                          profile=args.profile, log=lambda text: print(text, file=sys.stderr))
+        return 0 if sweep is None else _finish(sweep)
     sweep = Sweep(spec, results_dir=args.results_dir or DEFAULT_RESULTS_DIR, run_id=args.run_id,
                   shard=args.shard, profile=args.profile)
     pending = sweep.pending()
@@ -109,6 +117,14 @@ def _run(args: argparse.Namespace) -> int:
             if row["status"] == "error":
                 tqdm.write(f"error in {planned.config.key}: {row['reason']}", file=sys.stderr)
             bar.update(1)
+    return _finish(sweep)
+
+
+def _finish(sweep) -> int:
+    """Write the frame and the report of a finished session, print the summary; 1 when a row is an error."""
+    from reports.render import REPORT_FILE, write_report
+    from reports.summary import summary_text
+
     frame_path = sweep.finish()
     frame = sweep.store.frame()
     print(summary_text(frame))

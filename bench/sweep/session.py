@@ -23,7 +23,7 @@ from bench.record import make_row
 from bench.sweep.executor import Executor, Timer
 from bench.sweep.planner import Budget, CallModel, Planned, parse_shard, plan
 from bench.sweep.presets import SweepSpec
-from bench.sweep.store import DEFAULT_RESULTS_DIR, RunStore
+from bench.sweep.store import DEFAULT_RESULTS_DIR, MemoryStore, RunStore
 
 
 def new_run_id() -> str:
@@ -56,16 +56,17 @@ class Sweep:
     def __init__(self, spec: SweepSpec, *, results_dir: str | Path = DEFAULT_RESULTS_DIR,
                  run_id: str | None = None, shard: str | None = None, profile: bool = False,
                  measure_ceilings_now: bool = True, timer: str | None = None,
-                 planned: list[Planned] | None = None) -> None:
+                 planned: list[Planned] | None = None, store: RunStore | MemoryStore | None = None) -> None:
         """``timer``: the ``timer`` value the front end's timer will report (the planner counts that timer's
         calls); None for the CLI's own (``time_callable``). ``planned``: the plan of ``spec`` and ``shard``
-        when the caller made it already (the pytest front end, at collection); None plans here.
+        when the caller made it already (the pytest front end, at collection); None plans here. ``store``: where
+        rows go (a torchrun rank other than 0 keeps them in a ``MemoryStore``); None opens the run's ``RunStore``.
 
         The run's budget clock starts at the first ``run_one``, not here: ceilings, and whatever a front end
         does between making the session and running it (pytest collects and runs other tests), are not
         charged to the sweep's total limit."""
         self.spec = spec
-        self.store = RunStore(results_dir, run_id or new_run_id())
+        self.store = store if store is not None else RunStore(results_dir, run_id or new_run_id())
         self.run_id = self.store.run_id
         self.shard = parse_shard(shard)
         self.settings = timing_settings(spec)
@@ -156,6 +157,29 @@ class Sweep:
             values["wall_s"] = time.perf_counter() - started
             values["overhead_s"] = max(0.0, values["wall_s"] - values["workload_s"])
         row = make_row("speed", values)
+        self.store.append(row)
+        self.rows.append(row)
+        self.done.add(config.key)
+        return row
+
+    def add_rows(self, rows: list[dict]) -> None:
+        """Take rows another process measured (a torchrun rank): stored, and seen by the planner's budget."""
+        for row in rows:
+            if row["key"] in self.done:
+                continue
+            self.store.append(row)
+            self.rows.append(row)
+            self.done.add(row["key"])
+
+    def failed_row(self, planned: Planned, reason: str) -> dict:
+        """The ``error`` row of a config whose run raised outside the executor (its rank failed), stored."""
+        config, variant = planned.config, planned.variant
+        row = make_row("speed", {
+            "run_id": self.run_id, "key": config.key, **config.as_row(), "family": variant.family, "pe": variant.pe,
+            "backend": variant.backend, "time_complexity": variant.time_complexity,
+            "device_name": self.device_name, "status": "error", "reason": reason,
+            "threads": torch.get_num_threads(),
+            "finished_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
         self.store.append(row)
         self.rows.append(row)
         self.done.add(config.key)

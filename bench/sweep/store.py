@@ -99,6 +99,30 @@ class RunStore:
         return path
 
 
+class MemoryStore:
+    """A run store kept in memory: what a torchrun rank other than 0 uses (rank 0 alone writes files; rows
+    reach it over torch.distributed, bench.sweep.distributed). Same interface as ``RunStore`` for a session."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.path = Path(f"<memory:{run_id}>")
+        self._rows: list[dict] = []
+        self._sessions: list[dict] = []
+
+    def rows(self) -> list[dict]:
+        return list(self._rows)
+
+    def append(self, row: dict) -> None:
+        """Validate one row against ``bench.record`` and keep it."""
+        self._rows.append(make_row(str(row.get("task") or "speed"), row))
+
+    def environment(self) -> dict:
+        return {"sessions": list(self._sessions)}
+
+    def add_environment(self, env: dict) -> None:
+        self._sessions.append(env)
+
+
 def merge_runs(sources: Iterable[str | Path], results_dir: str | Path, run_id: str) -> RunStore:
     """Join the stores of several runs (e.g. shards of one sweep) into the run ``run_id``.
 
