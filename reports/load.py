@@ -77,7 +77,7 @@ def run_ceilings(runs: Iterable[Run]) -> dict[tuple[str, str], dict]:
 def device_memory(runs: Iterable[Run]) -> dict[str, int]:
     """{device name: total memory in bytes} from the runs' environment sessions: a GPU's NVML total
     (``gpu.memory_total_bytes``), else a session's own ``memory_total_bytes`` where the environment records
-    one. Devices that recorded neither are absent (CPU runs record no total today)."""
+    one (CPU runs: MemTotal, or the cgroup limit when lower). Devices that recorded neither are absent."""
     out: dict[str, int] = {}
     for run in runs:
         for session in run.sessions:

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import os
 import platform
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,6 +39,10 @@ def test_environment_values_describe_this_process(env):
     assert dt.datetime.fromisoformat(env["utc_time"]).utcoffset() == dt.timedelta(0)
     assert env["device_name"] == env["cpu_model"]
     assert env["git_commit"] is None or len(env["git_commit"]) == 40
+    # The machine's memory as /proc/meminfo states it (or a lower cgroup limit): what 1M-token predictions
+    # in the report are checked against.
+    meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    assert 0 < env["memory_total_bytes"] <= int(meminfo["MemTotal"].split()[0]) * 1024
     assert env["git_dirty"] in (None, True, False)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from bench.measure.allocator import regime_record
+from bench.measure.memory import total_memory_bytes
 from bench.measure.telemetry import gpu_static_info, nvml_unavailable_reason
 
 # Distribution names as pip knows them: reading their metadata imports nothing (xformers and flash-attn
@@ -41,6 +42,8 @@ def collect_environment(device: str | torch.device) -> dict:
         "cpu_model": cpu_model(),
         "logical_cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        # What the report's 128k / 1M predictions are checked against (a GPU's own total is under "gpu").
+        "memory_total_bytes": total_memory_bytes(device) if device.type == "cpu" else None,
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "thread_env": {name: os.environ.get(name) for name in THREAD_ENV_VARS},

@@ -173,6 +173,25 @@ def _cgroup_headroom_bytes() -> int | None:
     return max(0, int(limit) - current)
 
 
+def total_memory_bytes(device: str | torch.device) -> int | None:
+    """The device's memory in bytes: CUDA, the device's total; CPU, MemTotal lowered to the cgroup v2 limit
+    when one is set (what a process here can ever hold). None where it cannot be read."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[1])
+    if device.type != "cpu":
+        return None
+    try:
+        total = _meminfo_bytes("MemTotal")
+    except (OSError, KeyError):
+        return None
+    try:
+        limit = (CGROUP_ROOT / "memory.max").read_text().strip()
+    except OSError:
+        return total
+    return total if limit == "max" else min(total, int(limit))
+
+
 def _is_oom_itself(exc: BaseException) -> bool:
     if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)):
         return True
