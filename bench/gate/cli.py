@@ -13,7 +13,7 @@ import pandas as pd
 from bench.gate.budget import Budgets, ToleranceRules, make_entries, now_utc
 from bench.gate.compare import compare
 from bench.gate.present import budget_summary, report
-from bench.gate.run import GateRun, Wrap, identity, new_gate_dir, run_gate
+from bench.gate.run import GateRun, Wrap, identity, new_gate_dir, run_gate_isolated
 from bench.gate.stats import measure
 from bench.sweep.store import DEFAULT_RESULTS_DIR
 
@@ -40,7 +40,7 @@ def gate(budgets_path: str | Path = DEFAULT_BUDGETS, run_dir: str | Path | None 
     budgets = Budgets.load(budgets_path)
     if run_dir is None:
         run_dir = new_gate_dir(results_dir)
-        run = run_gate(budgets.preset, run_dir, reference=budgets.reference, cycles=budgets.cycles,
+        run = run_gate_isolated(budgets.preset, run_dir, reference=budgets.reference, cycles=budgets.cycles,
                        threads=budgets.threads, peak_readings=budgets.peak_readings, wrap=wrap, log=log)
     else:
         run = GateRun.load(run_dir)
@@ -73,7 +73,7 @@ def update(budgets_path: str | Path = DEFAULT_BUDGETS, run_dirs: list[str | Path
         run_dirs = []
         for i in range(runs):
             directory = new_gate_dir(results_dir)
-            run_gate(preset, directory, reference=reference, cycles=cycles, threads=threads,
+            run_gate_isolated(preset, directory, reference=reference, cycles=cycles, threads=threads,
                      peak_readings=peak_readings, log=log)
             run_dirs.append(directory)
             if log is not None:

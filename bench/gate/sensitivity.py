@@ -1,5 +1,11 @@
 """What the gate catches, measured: gate runs with a known change injected into one variant.
 
+``python -m bench.gate.sensitivity --stored DIR [DIR ...]`` edits stored clean gate runs instead (fast, and
+every run a trial for every variant): each variant's call times x ``factor`` in turn (the reference's own
+calls, and with them every other variant's reference times, when it is the reference), and each config's
+peaks + ``memory`` x its budget in turn, and counts what the gate fails. The slowdown a live run injects is
+busy CPU time after each call, so its measured call time is ``factor`` x the call's own: the same edit.
+
 ``python -m bench.gate.sensitivity [--budgets FILE] [--factor 1.25] [--memory 0.10] [--variants a,b]``
 makes one gate run per variant of the budgets' preset (the reference and the yardstick's partner included):
 that variant's every call spends ``factor`` times its CPU time (the extra as busy CPU time after the call:
@@ -12,6 +18,7 @@ ratios and the grown config's peak failed. The numbers in docs/gates.md come fro
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 
@@ -20,8 +27,9 @@ import torch
 from bench.config import BenchConfig
 from bench.gate.budget import Budgets
 from bench.gate.cli import DEFAULT_BUDGETS, gate
-from bench.gate.compare import moved_variants
-from bench.gate.run import Workload, Wrap
+from bench.gate.compare import compare, moved_variants
+from bench.gate.run import GateRun, Workload, Wrap
+from bench.gate.stats import measure
 from bench.measure.cpu_time import cpu_seconds, spend_cpu_seconds
 from bench.sweep.store import DEFAULT_RESULTS_DIR
 
@@ -61,6 +69,57 @@ def injection(slow_variant: str | None = None, factor: float = 1.25,
     return wrap
 
 
+def edited(run: GateRun, slow_variant: str | None = None, factor: float = 1.0,
+           grow: tuple[str, int] | None = None, extra_bytes: int = 0) -> GateRun:
+    """A copy of a stored gate run as if ``slow_variant`` had been ``factor`` x slower and the config
+    ``grow`` had held ``extra_bytes`` more."""
+    out = copy.deepcopy(run)
+    for entry in out.configs:
+        if slow_variant == run.reference:  # every reference call: its own entry and the others' pairs
+            if entry.variant == run.reference:
+                entry.times_s = [t * factor for t in entry.times_s]
+            else:
+                entry.ref_times_s = [t * factor for t in entry.ref_times_s]
+        elif entry.variant == slow_variant:
+            entry.times_s = [t * factor for t in entry.times_s]
+        if grow == (entry.variant, entry.n):
+            entry.peaks_bytes = [p + extra_bytes for p in entry.peaks_bytes]
+    return out
+
+
+def stored_rates(budgets: Budgets, runs: list[GateRun], factor: float, memory: float) -> str:
+    """False failures of the clean runs, and per variant / per config how often the edits were caught."""
+    clean = [compare(budgets, measure(r), r) for r in runs]
+    lines = [f"{len(runs)} stored clean runs: {sum(not t['ok'].all() for t in clean)} failed the gate"]
+    for table in clean:
+        bad = table[~table["ok"].astype(bool)]
+        if not bad.empty:
+            lines.append("  " + "; ".join(f"{r['check']} {r['variant']} n={r['n']} {r['change']} "
+                                          f"(allowed {r['allowed']})" for r in bad.to_dict("records")))
+    for variant in budgets.spec["variants"]:
+        named = 0
+        for run in runs:
+            table = compare(budgets, measure(edited(run, variant, factor)), run)
+            names = moved_variants(table, budgets.reference)
+            named += bool(names) and names[0] == variant
+        lines.append(f"  x{factor} {variant}: failed and named first in {named}/{len(runs)}")
+    caught = total = 0
+    missed: dict[tuple[str, int], int] = {}
+    for entry in budgets.entries["memory"]:
+        where = (entry.key["variant"], entry.key["n"])
+        for run in runs:
+            table = compare(budgets, measure(edited(run, grow=where, extra_bytes=int(memory * entry.value))), run)
+            rows = table[(table["check"] == "memory") & (table["variant"] == where[0]) & (table["n"] == where[1])]
+            hit = bool((~rows["ok"].astype(bool)).any())
+            caught += hit
+            total += 1
+            if not hit:
+                missed[where] = missed.get(where, 0) + 1
+    lines.append(f"  +{memory:.0%} peak in one config: caught {caught}/{total}; missed: "
+                 + (", ".join(f"{v} n={n} ({k}x)" for (v, n), k in sorted(missed.items())) or "none"))
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.gate.sensitivity", description=__doc__.split("\n")[0])
     parser.add_argument("--budgets", type=Path, default=DEFAULT_BUDGETS)
@@ -68,8 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory", type=float, default=0.10, help="extra peak as a fraction of the budget")
     parser.add_argument("--variants", default=None, help="comma-separated (default: every variant of the preset)")
     parser.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR)
+    parser.add_argument("--stored", type=Path, nargs="+", default=None, help="edit these stored clean gate runs")
     args = parser.parse_args(argv)
     budgets = Budgets.load(args.budgets)
+    if args.stored:
+        print(stored_rates(budgets, [GateRun.load(d) for d in args.stored], args.factor, args.memory))
+        return 0
     variants = args.variants.split(",") if args.variants else list(budgets.spec["variants"])
     peaks = {(e.key["variant"], e.key["n"]): e.value for e in budgets.entries["memory"]}
     lengths = sorted({n for _, n in peaks})
