@@ -24,7 +24,7 @@ VARIANTS = {REFERENCE: 1.0, "a@torch": 1.5, "b@torch": 3.0, "c@torch": 0.8}
 """Per-call cost relative to the reference (the yardstick is 0.3)."""
 LENGTHS = (512, 1024, 2048)
 CYCLES = 30
-PEAK_MIB = {REFERENCE: 2.0, "a@torch": 3.0, "b@torch": 12.0, "c@torch": 2.5}
+PEAK_MIB = {REFERENCE: 8.0, "a@torch": 12.0, "b@torch": 48.0, "c@torch": 10.0}
 
 
 def synthetic_run(seed: int, *, slow: dict[str, float] | None = None, grow: dict[tuple[str, int], float] | None = None,
