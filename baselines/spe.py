@@ -56,6 +56,29 @@ def _fft_length(n: int) -> int:
     return best
 
 
+# Rows of the (B, H, n, D, 2K) or (H, D, n, R) intermediates one block holds: about 4M floats (16 MB in
+# float32), so at long N the intermediates stay a fixed size while the outputs grow.
+_BLOCK_ELEMENTS = 1 << 22
+
+
+def _block_rows(n: int, per_row: int, multiple: int = 64) -> int:
+    """Rows per block for intermediates of ``per_row`` elements per row: all n when they fit, else a
+    multiple of ``multiple`` (64: whole cache lines of positions), at least one multiple."""
+    rows = max(multiple, (_BLOCK_ELEMENTS // max(per_row, 1)) // multiple * multiple)
+    return n if rows >= n else rows
+
+
+def apply_codes(x: Tensor, codes: Tensor) -> Tensor:
+    """``out[b, h, n, r] = sum_d x[b, h, n, d] codes[h, n, d, r]``: x (B, H, N, D), codes (H, N, D, R) ->
+    (B, H, N, R).
+
+    One batched matmul over the (h, n) pairs, (B, D) @ (D, R) each: the codes are shared by the batch, so
+    they are read once per position instead of once per batch row.
+    """
+    out = torch.matmul(x.permute(1, 2, 0, 3), codes)  # (H, N, B, R)
+    return out.permute(2, 0, 1, 3)
+
+
 class _SPE(nn.Module, ABC):
     """What sineSPE and convSPE share: input checks, noise, gating, applying the codes and the oracle.
 
@@ -90,6 +113,14 @@ class _SPE(nn.Module, ABC):
         if generator is None:
             return torch.randn(shape, device=device, dtype=dtype)
         return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
+
+    @staticmethod
+    def _fill_noise(out: Tensor, generator: torch.Generator | None) -> None:
+        """Fills ``out`` with standard normal noise, the same draws as ``_noise(out.shape, ...)``."""
+        if generator is None or generator.device == out.device:
+            out.normal_(generator=generator)
+        else:
+            out.copy_(torch.randn(out.shape, generator=generator, device=generator.device, dtype=out.dtype))
 
     def sigma(self) -> Tensor:
         """The gate sigma = sigmoid(g), (H, D) float64; zeros when ungated."""
@@ -150,6 +181,11 @@ class _SPE(nn.Module, ABC):
         return math.sqrt(self.num_realizations / self.head_dim) * dots
 
 
+def _join(blocks: list[Tensor]) -> Tensor:
+    """Blocks along N (dim 2), without a copy when there is one."""
+    return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=2)
+
+
 class SineSPE(_SPE):
     """sineSPE: per (h, d), a kernel that is a sum of K learned sinusoids.
 
@@ -188,20 +224,38 @@ class SineSPE(_SPE):
     def _positional(self, q: Tensor, k: Tensor, offset: int,
                     generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
         h, d, s, r = self.num_heads, self.head_dim, self.num_sines, self.num_realizations
-        dtype = q.dtype
+        b, n, dtype = q.shape[0], q.shape[2], q.dtype
         z = self._noise((h, d, 2 * s, r), generator, q.device, dtype) / math.sqrt(2 * s)
-        f = torch.sigmoid(self.freq.to(dtype))[:, None] / 2  # (H, 1, D, K)
-        gain = F.softplus(self.gain.to(dtype))[:, None]
-        pos = positions(q.shape[2], offset, device=q.device, dtype=dtype)[:, None, None]
-        angle = 2 * math.pi * pos * f  # (H, N, D, K)
-
-        def apply(x: Tensor, angles: Tensor) -> Tensor:
-            # sum_d x_d Qbar_d = sum_(d, s) (x_d feature_ds) Z_dsr: one matmul per head against the (D 2K, R)
-            # noise, without forming the (H, N, D, R) codes, R / 2K times larger than one batch row of this.
-            features = torch.cat((gain * angles.cos(), gain * angles.sin()), dim=-1)  # (H, N, D, 2K)
-            return (x[..., None] * features).flatten(-2) @ z.flatten(1, 2)
-
-        return apply(q, angle + self.phase.to(dtype)[:, None]), apply(k, angle)
+        f = 2 * math.pi * torch.sigmoid(self.freq.to(dtype)) / 2  # (H, D, K) radians per token
+        gain = F.softplus(self.gain.to(dtype))
+        phase = self.phase.to(dtype)
+        # Two equal contractions, sum_(d, s) x_d feature_ds(n) Z_dsr. Through the codes: build
+        # Qbar (H, D, n, R) = features @ Z once, then apply it to every batch row, 2 H D n R (2K + B) flops.
+        # Through the product: (x_d feature_ds) as (B, H, n, D 2K) @ Z, 2 B H D n 2K R flops. The codes
+        # cost fewer flops from B = 2 on; their intermediate (R per (h, n, d)) is the smaller one only when
+        # R < 2K B. At B = 1 the product wins (a 1-row matmul per position is slow), so: codes iff R < 2K B.
+        via_codes = r < 2 * s * b
+        rows = _block_rows(n, h * d * r if via_codes else b * h * d * 2 * s)
+        outs: tuple[list[Tensor], list[Tensor]] = ([], [])
+        for start in range(0, n, rows):
+            stop = min(n, start + rows)
+            pos = positions(stop - start, offset + start, device=q.device, dtype=dtype)
+            for x, shift, out in ((q, phase, outs[0]), (k, None, outs[1])):
+                if via_codes:
+                    angle = f[:, :, None, :] * pos[:, None]  # (H, D, n, K)
+                    if shift is not None:
+                        angle = angle + shift[:, :, None, :]
+                    features = torch.cat((gain[:, :, None] * angle.cos(), gain[:, :, None] * angle.sin()), -1)
+                    codes = (features @ z).transpose(1, 2)  # (H, D, n, R) -> (H, n, D, R)
+                    out.append(apply_codes(x[:, :, start:stop], codes))
+                else:
+                    angle = f[:, None] * pos[:, None, None]  # (H, n, D, K)
+                    if shift is not None:
+                        angle = angle + shift[:, None]
+                    features = torch.cat((gain[:, None] * angle.cos(), gain[:, None] * angle.sin()), -1)
+                    product = (x[:, :, start:stop, :, None] * features).flatten(-2)  # (B, H, n, D 2K)
+                    out.append(product @ z.flatten(1, 2))
+        return _join(outs[0]), _join(outs[1])
 
     def extra_repr(self) -> str:
         return (f"num_heads={self.num_heads}, head_dim={self.head_dim}, num_sines={self.num_sines}, "
@@ -211,10 +265,11 @@ class SineSPE(_SPE):
 class ConvSPE(_SPE):
     """convSPE: per (h, d), a kernel that is the cross-correlation of two learned filters of length k.
 
-    White noise w of length N + 2k per (h, d, r) is filtered by the query filter a and the key filter b,
-    ``Qbar[m] = sum_j a_j w[m + k + j]``, ``Kbar[n] = sum_j b_j w[n + k + j]`` (cropped to N, away from the
-    ends), so ``P_d(delta) = sum_j a_j b_{j + delta}``, zero for |delta| >= k. The filtering runs as an
-    FFT, O(N log N) per channel. The codes are stationary draws over the window: ``offset`` does not change
+    White noise w per (h, d, r) is filtered by the query filter a and the key filter b,
+    ``Qbar[m] = sum_j a_j w[m + j]``, ``Kbar[n] = sum_j b_j w[n + j]``, so
+    ``P_d(delta) = sum_j a_j b_{j + delta}``, zero for |delta| >= k. The filtering runs as a circular FFT
+    correlation over a length L >= N + k - 1, O(N log N) per channel (``_positional`` says why exact).
+    The codes are stationary draws over the window: ``offset`` does not change
     their distribution, and a call at ``offset=t`` does not reproduce row t of a longer call (the noise
     depends on N). The paper's code uses k = 128.
     """
@@ -245,18 +300,33 @@ class ConvSPE(_SPE):
                     generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
         h, n, d, r, size = self.num_heads, q.shape[2], self.head_dim, self.num_realizations, self.kernel_size
         dtype = q.dtype
-        noise = self._noise((h, d, r, n + 2 * size), generator, q.device, dtype)
-        # A circular correlation over a length >= N + 2k equals the linear one on the rows kept,
-        # whose taps t + j all stay below N + 2k.
-        length = _fft_length(n + 2 * size)
-        spectrum = torch.fft.rfft(noise, n=length)  # (H, D, R, F)
-
-        def apply(x: Tensor, weights: Tensor) -> Tensor:
-            response = torch.fft.rfft(weights.to(dtype), n=length).conj()[:, :, None]  # (H, D, 1, F)
-            codes = torch.fft.irfft(spectrum * response, n=length)[..., size : size + n]  # (H, D, R, N)
-            return torch.einsum("bhnd,hdrn->bhnr", x, codes)
-
-        return apply(q, self.query_filter), apply(k, self.key_filter)
+        # Circular white noise of length L >= N + k - 1, filtered circularly: Qbar[m] = sum_j a_j w[(m + j)
+        # mod L] for m < N. Every pair of taps (m + j, n + j') that meets modulo L meets exactly, since
+        # |m - n + j - j'| <= N + k - 2 < L, so all second moments, hence the Gaussian codes' joint law, are
+        # those of the linear filtering of infinite white noise (class docstring).
+        length = _fft_length(n + size - 1)
+        filters = torch.stack((self.query_filter, self.key_filter)).to(dtype)  # (2, H, D, k)
+        # Correlation with the filter is a product with its conjugate spectrum; both filters in one pass.
+        response = torch.fft.rfft(filters, n=length).conj()[:, :, :, None]  # (2, H, D, 1, F)
+        # Features d in blocks, so that at long N the noise and codes of a block (2 H R L per feature) stay
+        # about _BLOCK_ELEMENTS and the outputs accumulate; one block at training lengths. The noise is drawn
+        # one feature at a time, so a seeded call gives the same codes whatever the blocking.
+        width = _block_rows(d, 2 * h * r * length, multiple=1)
+        q_hat = k_hat = None
+        for start in range(0, d, width):
+            stop = min(d, start + width)
+            noise = torch.empty((stop - start, h, r, length), device=q.device, dtype=dtype)
+            for row in noise:
+                self._fill_noise(row, generator)
+            spectrum = torch.fft.rfft(noise)  # (d block, H, R, F)
+            block = response[:, :, start:stop].transpose(1, 2)  # (2, d block, H, 1, F)
+            codes = torch.fft.irfft(spectrum * block, n=length)[..., :n]  # (2, d block, H, R, N)
+            codes = codes.permute(0, 2, 4, 1, 3)  # (2, H, N, d block, R)
+            q_part = apply_codes(q[..., start:stop], codes[0])
+            k_part = apply_codes(k[..., start:stop], codes[1])
+            q_hat = q_part if q_hat is None else q_hat + q_part
+            k_hat = k_part if k_hat is None else k_hat + k_part
+        return q_hat, k_hat
 
     def extra_repr(self) -> str:
         return (f"num_heads={self.num_heads}, head_dim={self.head_dim}, kernel_size={self.kernel_size}, "

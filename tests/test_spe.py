@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from baselines.spe import ConvSPE, SineSPE
+import baselines.spe as spe_module
+from baselines.spe import ConvSPE, SineSPE, _fft_length
 
 H, D, N, R = 2, 4, 8, 16
 DRAWS = 2000
@@ -216,3 +217,92 @@ def test_bad_inputs_raise_value_error_naming_the_value(call, named: str) -> None
     with pytest.raises(ValueError) as info:
         call()
     assert named in str(info.value)
+
+
+# ---- the fast paths against float64 oracles written out from the docstrings' formulas ---------------------
+
+
+def _explicit_codes(spe: SineSPE | ConvSPE, n: int, offset: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """Qbar, Kbar (H, D, N, R) float64 from the formulas, with the noise drawn in the module's order."""
+    g = torch.Generator().manual_seed(seed)
+    h, d, r = spe.num_heads, spe.head_dim, spe.num_realizations
+    m = torch.arange(offset, offset + n, dtype=torch.float64)
+    if isinstance(spe, SineSPE):
+        s = spe.num_sines
+        z = torch.randn(h, d, 2 * s, r, generator=g, dtype=torch.float64) / math.sqrt(2 * s)
+        f, gain, phase = spe._parameters64()
+        angle = 2 * math.pi * f[:, :, None, :] * m[:, None]  # (H, D, N, K)
+        codes = []
+        for shift in (phase[:, :, None, :], 0.0):
+            a = angle + shift
+            features = torch.cat((gain[:, :, None] * a.cos(), gain[:, :, None] * a.sin()), -1)
+            codes.append(torch.einsum("hdns,hdsr->hdnr", features, z))
+    else:
+        size = spe.kernel_size
+        length = _fft_length(n + size - 1)
+        # One (H, R, L) draw per feature d, in order.
+        w = torch.stack([torch.randn(h, r, length, generator=g, dtype=torch.float64) for _ in range(d)], 1)
+        taps = (torch.arange(n)[:, None] + torch.arange(size)[None, :]) % length  # (N, k): m + j mod L
+        windows = w[..., taps]  # (H, D, R, N, k)
+        codes = [torch.einsum("hdrnj,hdj->hdnr", windows, filt.double())
+                 for filt in (spe.query_filter, spe.key_filter)]
+    eps = torch.randn(h, d, r, generator=g, dtype=torch.float64) if spe.gate is not None else None
+    return codes[0], codes[1], eps
+
+
+def _oracle(spe: SineSPE | ConvSPE, q: torch.Tensor, k: torch.Tensor, offset: int, seed: int
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """SPE's forward written out: sum_d x_d (sqrt(1 - sigma) Qbar_d + sqrt(sigma) eps_d) (R D)^(-1/4)."""
+    qbar, kbar, eps = _explicit_codes(spe, q.shape[2], offset, seed)
+    outs = []
+    for x, codes in ((q, qbar), (k, kbar)):
+        if spe.gate is None:
+            out = torch.einsum("bhnd,hdnr->bhnr", x, codes)
+        else:
+            sigma = torch.sigmoid(spe.gate.double())  # (H, D)
+            mixed = (1 - sigma).sqrt()[:, :, None, None] * codes + sigma.sqrt()[:, :, None, None] * eps[:, :, None]
+            out = torch.einsum("bhnd,hdnr->bhnr", x, mixed)
+        outs.append(out * (spe.num_realizations * spe.head_dim) ** -0.25)
+    return outs[0], outs[1]
+
+
+@pytest.mark.parametrize("kind", ["sine", "conv"])
+@pytest.mark.parametrize(("batch", "n", "offset", "gated", "block_elements"), [
+    (1, 9, 0, True, None),  # sine: R = 16 >= 2K B = 6, the (x feature) product path
+    (6, 9, 5, True, None),  # sine: R < 2K B, the codes path
+    (3, 130, 17, False, None),
+    (6, 200, 3, True, 64 * 40),  # tiny blocks: several along N (sine), along D (conv), a partial last one
+    (1, 200, 1000, False, 64 * 40),
+    (2, 40, 0, True, 3 * 2 * H * R * 45),  # conv: blocks of 3 and 1 features (D = 4, L = 45)
+])
+def test_forward_and_gradients_match_the_float64_oracle(kind, batch, n, offset, gated, block_elements,
+                                                        monkeypatch) -> None:
+    if block_elements is not None:
+        monkeypatch.setattr(spe_module, "_BLOCK_ELEMENTS", block_elements)
+    spe = _make(kind, gated).double()
+    g = torch.Generator().manual_seed(11 + n)
+    q = torch.randn(batch, H, n, D, generator=g, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(batch, H, n, D, generator=g, dtype=torch.float64, requires_grad=True)
+    grads = [torch.randn(batch, H, n, R, generator=g, dtype=torch.float64) for _ in range(2)]
+    params = [q, k, *spe.parameters()]
+
+    got = spe(q, k, offset=offset, generator=torch.Generator().manual_seed(5))
+    want = _oracle(spe, q, k, offset, seed=5)
+    for x, y in zip(got, want, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-9)
+    got_grads = torch.autograd.grad(got, params, grads)
+    want_grads = torch.autograd.grad(want, params, grads)
+    for param, x, y in zip(params, got_grads, want_grads, strict=True):
+        assert y.abs().max() > 0, param.shape  # every parameter matters: the comparison is not vacuous
+        torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-9)
+
+
+def test_sine_paths_agree_in_float32() -> None:
+    """The product path (B = 1) and the codes path (B = 8) give each batch row the same result."""
+    spe = _make("sine", gated=True)
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(8, H, 300, D, generator=g), torch.randn(8, H, 300, D, generator=g)
+    batched = spe(q, k, generator=torch.Generator().manual_seed(1))
+    single = spe(q[3:4], k[3:4], generator=torch.Generator().manual_seed(1))
+    for x, y in zip(batched, single, strict=True):
+        torch.testing.assert_close(x[3:4], y, rtol=1e-4, atol=1e-4)
