@@ -211,3 +211,34 @@ def test_inference_rotates_in_place_without_touching_the_callers_tensors(feature
     assert torch.equal(q, q0) and torch.equal(k, k0)
     reference = core(q.clone().requires_grad_(True), k.clone().requires_grad_(True), v)
     torch.testing.assert_close(fast, reference.detach(), atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(3,), (2, 3, 17, 8), (1, 2, 300, 5)])
+def test_elu1_matches_the_float64_oracle_in_value_and_gradient(shape: tuple[int, ...]) -> None:
+    """The clamp/exp form of 1 + elu (lrpe.feature_maps._Elu1) against F.elu written in float64, at fresh
+    random inputs plus exact zeros, where the one-sided derivatives differ (0 and 1: elu's is 1)."""
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(shape, generator=g, dtype=F64) * 3
+    x.view(-1)[::7] = 0.0
+    x.requires_grad_(True)
+    upstream = torch.randn(shape, generator=g, dtype=F64)
+    got = elu1(x)
+    want = torch.nn.functional.elu(x) + 1.0
+    torch.testing.assert_close(got, want, rtol=1e-14, atol=1e-15)
+    (got_grad,) = torch.autograd.grad(got, x, upstream)
+    (want_grad,) = torch.autograd.grad(want, x, upstream)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-14, atol=1e-15)
+    assert torch.equal(got_grad.view(-1)[::7], upstream.view(-1)[::7])  # derivative 1 at x = 0
+    assert torch.autograd.gradcheck(elu1, (x[..., :3].detach().clone().requires_grad_(True) + 0.1,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_elu1_keeps_dtype_and_is_close_to_elu_in_low_precision(dtype: torch.dtype) -> None:
+    x = torch.randn(4, 64, generator=torch.Generator().manual_seed(1)).to(dtype).requires_grad_(True)
+    y = elu1(x)
+    assert y.dtype == dtype and y.shape == x.shape
+    want = (torch.nn.functional.elu(x.detach().double()) + 1).to(dtype)
+    torch.testing.assert_close(y, want)
+    y.sum().backward()
+    assert x.grad.dtype == dtype
+    torch.testing.assert_close(x.grad, torch.where(x.detach() > 0, 1.0, x.detach().double().exp()).to(dtype))
