@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from baselines.refusal import Refusal
 from lrpe.checks import check_qkv
+from lrpe.core import encode_pair
 
 
 class FlashCore(nn.Module):
@@ -40,7 +41,8 @@ class FlashCore(nn.Module):
     def forward(self, q: Tensor, k: Tensor, v: Tensor, offset: int = 0) -> Tensor:
         check_qkv(q, k, v)
         if self.positional is not None:
-            q, k = self.positional(q, offset), self.positional(k, offset)
+            # forward_pair when it exists (RoPE: phasors once for q and k); not in place: q, k are the caller's.
+            q, k = encode_pair(self.positional, q, k, offset)
         return self.attend(q, k, v)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:

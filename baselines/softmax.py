@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from lrpe.checks import check_qkv
+from lrpe.core import encode_pair
 
 
 def softmax_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True, scale: float | None = None) -> Tensor:
@@ -44,5 +45,6 @@ class SoftmaxAttention(nn.Module):
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, offset: int = 0) -> Tensor:
         if self.positional is not None:
-            q, k = self.positional(q, offset), self.positional(k, offset)
+            # forward_pair when it exists (RoPE: phasors once for q and k); not in place: q, k are the caller's.
+            q, k = encode_pair(self.positional, q, k, offset)
         return softmax_attention(q, k, v, causal=self.causal)

@@ -39,6 +39,20 @@ def make_positional(positional: str | nn.Module, head_dim: int, *, p: str = "ide
     raise ValueError(f"unknown positional {positional!r}; allowed: {allowed} or an nn.Module")
 
 
+def encode_pair(positional: nn.Module, q: Tensor, k: Tensor, offset: int = 0, *, inplace: bool = False
+                ) -> tuple[Tensor, Tensor]:
+    """q, k (B, H, N, D) at positions offset + arange(N) -> (positional(q), positional(k)).
+
+    Through ``forward_pair`` when the module has one (LRPE, RoPE: the phasors computed once for both, and
+    ``inplace`` lets it overwrite q and k, which the caller then gives up), else two ``forward`` calls.
+    Every attention core (linear, softmax, flash) calls its positional module through this, so no encoding
+    gets engineering in one family that it lacks in another (docs/fairness.md).
+    """
+    if hasattr(positional, "forward_pair"):
+        return positional.forward_pair(q, k, offset, inplace=inplace)
+    return positional(q, offset), positional(k, offset)
+
+
 class LinearAttentionCore(nn.Module):
     """Linear attention with a feature map and an optional positional transform.
 
@@ -55,8 +69,9 @@ class LinearAttentionCore(nn.Module):
             map (e.g. SPE).
         normalize: divide by the denominator of the untransformed features plus ``eps`` (module docstring).
         causal, impl, chunk_size: as in ``lrpe.linear_attention``: "triton" forces the fused kernels of
-            ``lrpe.kernels`` (feature map and LRPE inside them), "auto" takes them on CUDA where they apply
-            (``lrpe.kernels.dispatch``), and otherwise the numerator's own "auto" choice;
+            ``lrpe.kernels`` (feature map and LRPE inside them); "auto" takes them on CUDA only when
+            ``lrpe.kernels.dispatch.AUTO_TAKES_FUSED`` is True (now False: it keeps the torch chunked path
+            until a GPU run has checked the kernels), and otherwise the numerator's own "auto" choice;
             ``impl`` may also be an external kernel, a callable ``(q, k, v, *, causal) -> out`` on the
             transformed features computing the unnormalised numerator (e.g. flash-linear-attention's; the
             suite registers it as a backend).
@@ -102,14 +117,11 @@ class LinearAttentionCore(nn.Module):
         qf, kf = self.feature_map(q), self.feature_map(k)
         if self.positional is None:
             return qf, kf, qf, kf
-        if hasattr(self.positional, "forward_pair"):
-            # LRPE and RoPE: Lambda^s computed once for q and k, and the same in-place licence for both, so
-            # that neither encoding gets engineering the other lacks (docs/fairness.md).
-            inplace = (not keep_untransformed and _fresh(qf, q) and _fresh(kf, k)
-                       and not (torch.is_grad_enabled() and (qf.requires_grad or kf.requires_grad)))
-            qp, kp = self.positional.forward_pair(qf, kf, offset, inplace=inplace)
-        else:
-            qp, kp = self.positional(qf, offset), self.positional(kf, offset)
+        # LRPE and RoPE: Lambda^s computed once for q and k, and the same in-place licence for both, so that
+        # neither encoding gets engineering the other lacks (docs/fairness.md).
+        inplace = (not keep_untransformed and _fresh(qf, q) and _fresh(kf, k)
+                   and not (torch.is_grad_enabled() and (qf.requires_grad or kf.requires_grad)))
+        qp, kp = encode_pair(self.positional, qf, kf, offset, inplace=inplace)
         return qf, kf, qp, kp
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, offset: int, state: LinearAttentionState | None,

@@ -259,3 +259,58 @@ def test_linear_core_in_place_rotation_leaves_inputs_and_equals_the_oracle(layou
     rq, rk = _float64_truth(phi(q), 3, layout), _float64_truth(phi(k), 3, layout)
     expected = ((rq @ rk.mT) * torch.ones(45, 45, dtype=torch.bool).tril()) @ v
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+
+
+class _CountingRoPE(RoPE):
+    """RoPE that records which entry point the attention core called."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls: list[str] = []
+
+    def forward(self, x, offset=0):
+        self.calls.append("forward")
+        return super().forward(x, offset)
+
+    def forward_pair(self, q, k, offset=0, *, inplace=False):
+        self.calls.append(f"forward_pair(inplace={inplace})")
+        return super().forward_pair(q, k, offset, inplace=inplace)
+
+
+def _softmax_core(kind: str, positional: RoPE, causal: bool):
+    from baselines.flash import availability, build_flash
+    from baselines.softmax import SoftmaxAttention
+
+    if kind == "softmax":
+        return SoftmaxAttention(causal=causal, positional=positional)
+    missing = availability("sdpa-math")
+    if missing is not None:
+        pytest.skip(missing)
+    return build_flash("sdpa-math", causal=causal, positional=positional)
+
+
+@pytest.mark.parametrize("kind", ["softmax", "flash"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize(("n", "d", "offset", "causal"), [(1, 8, 0, True), (37, 16, 123, True), (50, 64, 7, False)])
+def test_softmax_and_flash_cores_rotate_through_forward_pair_and_equal_the_oracle(
+        small_blocks, kind, layout, n, d, offset, causal) -> None:
+    """softmax(R q . R k / sqrt(D)) v with the rotations from the float64 truth; the core calls forward_pair
+    once, not in place (q, k are the caller's and stay unchanged), and gradients flow to q, k, v."""
+    from baselines.softmax import softmax_attention
+
+    g = torch.Generator().manual_seed(n + d)
+    q, k, v = (torch.randn(2, 3, n, d, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    rope = _CountingRoPE(d, layout=layout)
+    core = _softmax_core(kind, rope, causal)
+    before = q.detach().clone(), k.detach().clone()
+    out = core(q, k, v, offset)
+    assert rope.calls == ["forward_pair(inplace=False)"]
+    assert torch.equal(q.detach(), before[0]) and torch.equal(k.detach(), before[1])
+    want = softmax_attention(_float64_truth(q, offset, layout), _float64_truth(k, offset, layout), v,
+                             causal=causal)
+    torch.testing.assert_close(out, want, rtol=1e-10, atol=1e-10)
+    upstream = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    got_grads = torch.autograd.grad(out, (q, k, v), upstream)
+    want_grads = torch.autograd.grad(want, (q, k, v), upstream)
+    for x, y in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-10)
