@@ -23,8 +23,7 @@ UPDATE_COMMAND = "python -m bench gate --update"
 
 @dataclass(frozen=True)
 class ToleranceRules:
-    """How a budget entry's tolerance follows from the spread its runs showed: ``margin`` x spread
-    (``memory_margin`` for peaks: a wider one would not leave room to catch +10%), at least
+    """How a budget entry's tolerance follows from the spread its runs showed: ``margin`` x spread, at least
     the floor (ratio, shift: a factor, the margin applied to its logarithm; slope: absolute; memory: a
     fraction of the budget, and at least
     ``memory_floor_bytes`` in bytes). The margin covers runs worse than the few the budgets saw; the floors
@@ -32,7 +31,6 @@ class ToleranceRules:
     the measurements behind them are in docs/gates.md."""
 
     margin: float = 2.0
-    memory_margin: float = 1.5
     ratio_floor: float = 1.12
     shift_floor: float = 1.08
     slope_floor: float = 0.1
@@ -40,9 +38,9 @@ class ToleranceRules:
     memory_floor_bytes: int = 256 * 2**10
 
     def __post_init__(self) -> None:
-        if not (self.margin >= 1 and self.memory_margin >= 1 and self.ratio_floor > 1 and self.shift_floor > 1
+        if not (self.margin >= 1 and self.ratio_floor > 1 and self.shift_floor > 1
                 and self.slope_floor > 0 and self.memory_floor > 0 and self.memory_floor_bytes >= 0):
-            raise ValueError(f"tolerance rules need margin and memory_margin >= 1, ratio_floor and shift_floor > 1, "
+            raise ValueError(f"tolerance rules need margin >= 1, ratio_floor and shift_floor > 1, "
                              f"slope_floor > 0, memory_floor > 0 and memory_floor_bytes >= 0; got {self}")
 
     def tolerance(self, check: str, value: float, spread: float) -> float:
@@ -53,7 +51,7 @@ class ToleranceRules:
         if check == "slope":
             return max(self.slope_floor, self.margin * spread)
         if check == "memory":
-            return max(self.memory_floor, self.memory_floor_bytes / max(value, 1.0), self.memory_margin * spread)
+            return max(self.memory_floor, self.memory_floor_bytes / max(value, 1.0), self.margin * spread)
         raise ValueError(f"check must be one of {CHECKS}, got {check!r}")
 
 

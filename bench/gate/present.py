@@ -35,9 +35,7 @@ def report(table: pd.DataFrame, budgets_path: str | Path, run_dir: str | Path, r
 
 def budget_summary(budgets: Budgets, runs: int) -> str:
     """Per check: entries, the largest spread and tolerance, and the entries too wide to catch ``TARGETS``."""
-    rules = budgets.rules
-    lines = [f"budgets from {runs} gate run(s); tolerance = max(floor, {rules.margin} x spread; memory "
-             f"{rules.memory_margin} x spread):"]
+    lines = [f"budgets from {runs} gate run(s); tolerance = max(floor, {budgets.rules.margin} x spread):"]
     for check in CHECKS:
         entries = budgets.entries.get(check, [])
         if not entries:
