@@ -102,3 +102,29 @@ def test_bad_inputs_raise_value_error_naming_the_value(call, named: str) -> None
     with pytest.raises(ValueError) as info:
         call()
     assert named in str(info.value)
+
+
+def test_ape_reuses_its_table_only_for_the_same_length_offset_and_dtype() -> None:
+    """The cached table is the one a fresh computation gives, for every (N, offset, dtype) in turn, and it
+    is built once per distinct key (counted), and it stays out of the state dict."""
+    import baselines.absolute as absolute
+
+    ape = SinusoidalAPE(12)
+    built: list[tuple[int, int]] = []
+    original = absolute.sinusoidal_embedding
+
+    def counting(n, d_model, **kwargs):
+        built.append((n, kwargs["offset"]))
+        return original(n, d_model, **kwargs)
+
+    g = torch.Generator().manual_seed(0)
+    calls = [(5, 0, torch.float32), (5, 0, torch.float32), (7, 0, torch.float32), (7, 3, torch.float32),
+             (7, 3, torch.float64), (7, 3, torch.float64), (5, 0, torch.float32)]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(absolute, "sinusoidal_embedding", counting)
+        for n, offset, dtype in calls:
+            x = torch.randn(2, n, 12, generator=g, dtype=torch.float64).to(dtype)
+            want = x + original(n, 12, offset=offset, dtype=dtype)
+            torch.testing.assert_close(ape(x, offset), want, rtol=0, atol=0)
+    assert built == [(5, 0), (7, 0), (7, 3), (7, 3), (5, 0)]
+    assert list(ape.state_dict()) == []
