@@ -41,7 +41,7 @@ def _check_positive(**values: int) -> None:
 
 def _fft_length(n: int) -> int:
     """The smallest integer >= n with no prime factor above 5: FFTs of such lengths are fast everywhere,
-    while N + 2k for a power-of-two N is often 2^a times a large prime."""
+    while N + k - 1 for a power-of-two N is often 2^a times a large prime."""
     best = 1 << (n - 1).bit_length()
     power5 = 1
     while power5 < best:
