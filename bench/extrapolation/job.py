@@ -126,6 +126,9 @@ class TrainingJob:
         self.stored, self.sink = stored, sink
         self.write_files, self.progress, self.on_step = write_files, progress, on_step
         self.dir = job_dir(run_dir, variant, seed)
+        # Peak memory per eval length: both protocols run the same forward (batch_tokens // length windows of
+        # the length), so the second protocol reuses the first one's measurement.
+        self._peaks: dict[int, tuple[int | None, str]] = {}
         # What train and evaluate compute in: bf16 autocast on CUDA, float32 on CPU.
         self.dtype = "bfloat16" if device.type == "cuda" else "float32"
 
@@ -267,7 +270,13 @@ class TrainingJob:
         return score, time.perf_counter() - started
 
     def _peak(self, model: ByteLM, n: int) -> tuple[int | None, str]:
-        """Peak memory of one forward of the scoring pass's largest batch at length ``n``."""
+        """Peak memory of one forward of the scoring pass's largest batch at length ``n`` (measured once per
+        length: the protocols' batches are the same)."""
+        if n not in self._peaks:
+            self._peaks[n] = self._measure_peak(model, n)
+        return self._peaks[n]
+
+    def _measure_peak(self, model: ByteLM, n: int) -> tuple[int | None, str]:
         inputs = forward_peak_input(self.test_tokens, n, self.spec.eval.batch_tokens, self.device)
 
         @torch.no_grad()
