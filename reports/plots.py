@@ -81,15 +81,23 @@ def format_value(y: float, _pos: object = None) -> str:
 
 
 def _log_y(ax: plt.Axes) -> None:
-    """Log y axis with plain-number labels; within less than two decades the 2x and 5x ticks are labelled
-    too, so that a narrow range still has several labelled ticks. Call after plotting (reads the data)."""
-    ax.set_yscale("log")
-    ax.yaxis.set_major_locator(LogLocator(base=10, numticks=12))
-    ax.yaxis.set_major_formatter(FuncFormatter(format_value))
-    low, high = ax.dataLim.intervaly
+    """Log y axis with plain-number labels (``_log_axis``). Call after plotting (reads the data)."""
+    _log_axis(ax, "y")
+
+
+def _log_axis(ax: plt.Axes, which: str) -> None:
+    """Log axis ``which`` ("x" or "y") with plain-number labels on major and minor ticks alike (matplotlib's
+    default minor labels are mathtext, drawn as raw ``$\\mathdefault{...}$`` text here); within less than two
+    decades the 2x, 3x and 5x ticks are labelled too, so that a narrow range still has several labelled ticks.
+    Call after plotting (reads the data)."""
+    axis = ax.yaxis if which == "y" else ax.xaxis
+    (ax.set_yscale if which == "y" else ax.set_xscale)("log")
+    axis.set_major_locator(LogLocator(base=10, numticks=12))
+    axis.set_major_formatter(FuncFormatter(format_value))
+    low, high = ax.dataLim.intervaly if which == "y" else ax.dataLim.intervalx
     narrow = low > 0 and high / low < 100
-    ax.yaxis.set_minor_locator(LogLocator(base=10, subs=(2.0, 3.0, 5.0) if narrow else "auto", numticks=12))
-    ax.yaxis.set_minor_formatter(FuncFormatter(format_value) if narrow else NullFormatter())
+    axis.set_minor_locator(LogLocator(base=10, subs=(2.0, 3.0, 5.0) if narrow else "auto", numticks=12))
+    axis.set_minor_formatter(FuncFormatter(format_value) if narrow else NullFormatter())
 
 
 Styles = dict[str, dict]
@@ -384,8 +392,7 @@ def tradeoff_figure(table: pd.DataFrame, styles: Styles, n: int | None = None) -
             # A ring around each point of the front: a front of close points is a step too short to see.
             ax.scatter(front[column], front["bits/byte"], s=260, facecolors="none", edgecolors="grey",
                        linewidths=1.5, label="on the Pareto front", zorder=3)
-            ax.set_xscale("log")
-            ax.xaxis.set_major_formatter(FuncFormatter(format_value))
+            _log_axis(ax, "x")
             ax.set_xlabel(xlabel)
             ax.set_ylabel("bits per byte at the longest evaluated length\n(lower is better; bars: noise)")
             ax.set_title("speed against quality" if column == "time, ms" else "memory against quality")

@@ -560,3 +560,26 @@ def test_extrapolation_table_and_figure_take_the_mean_over_seeds():
     section = _section(text, "extrapolation")
     assert ">4<" in section and ">3<" not in section and ">5<" not in section  # mean of 3 and 5, not the last
     assert len(found.figures["extrapolation"]) == 1
+
+
+@pytest.mark.parametrize(("low", "high"), [(20.0, 800.0), (3.0, 9.0), (0.01, 500.0)])
+def test_log_axis_tick_labels_are_plain_numbers(low: float, high: float) -> None:
+    """Every tick label of a log axis is plain text: matplotlib's default minor labels are mathtext, which the
+    report turns off, so they showed as raw '$\\mathdefault{2\\times10^{2}}$' (the memory-against-quality
+    panel, 20-800 MiB)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from reports.plots import _log_axis
+
+    fig, ax = plt.subplots()
+    ax.plot([low, high], [low, high])
+    _log_axis(ax, "x")
+    _log_axis(ax, "y")
+    fig.canvas.draw()
+    for axis in (ax.xaxis, ax.yaxis):
+        labels = [t.get_text() for t in axis.get_majorticklabels() + axis.get_minorticklabels() if t.get_text()]
+        assert labels and not any("$" in text or "mathdefault" in text for text in labels), labels
+    plt.close(fig)
