@@ -36,6 +36,11 @@ work()
 with memory_regime():
     print(json.dumps(measure_peak_bytes(work, "cpu")))
 """
+# A fresh process's reading is either the variant's footprint or that plus about one q-sized block (40.0 or
+# 47-55 MiB for the same variant at N = 8192, between fresh processes on the 2-core machine; the cause is not
+# found). A reading never falls below the footprint, so the smallest of several processes is the measurement:
+# a variant that really holds more fails every attempt.
+ATTEMPTS = 5
 
 
 def _peak_bytes(variant: str) -> int:
@@ -48,7 +53,7 @@ def _peak_bytes(variant: str) -> int:
 
 @pytest.fixture(scope="module")
 def orthogonal_peak() -> int:
-    return _peak_bytes("linear-lrpe-orthogonal@torch-chunked")
+    return min(_peak_bytes("linear-lrpe-orthogonal@torch-chunked") for _ in range(3))
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="CPU peaks need /proc/self/clear_refs")
@@ -56,7 +61,12 @@ def orthogonal_peak() -> int:
 def test_forward_peak_memory_matches_lrpe_orthogonal(orthogonal_peak: int, variant: str) -> None:
     """Before the fixes: RoPE's half layout made temporaries and the permutation a second full-size copy of
     q and k, 1.40x LRPE-orthogonal's peak at N = 64k (measured); now each rotates or gathers in place."""
-    peak = _peak_bytes(variant)
+    readings = []
+    for _ in range(ATTEMPTS):  # until one reading is within the tolerance
+        readings.append(_peak_bytes(variant))
+        if readings[-1] / orthogonal_peak <= TOLERANCE:
+            break
+    peak = min(readings)
     ratio = peak / orthogonal_peak
     assert ratio <= TOLERANCE, (f"{variant} forward peak {peak / 2**20:.1f} MiB is {ratio:.2f}x "
                                 f"LRPE-orthogonal's {orthogonal_peak / 2**20:.1f} MiB at N = {N}; allowed "

@@ -44,11 +44,17 @@ def test_the_linear_comparison_holds_on_cpu_with_the_quadratic_oracle(name: str,
 
 
 def test_the_comparison_fails_when_the_pair_differs() -> None:
-    # RoPE applied by the variant but not by the softmax oracle: the check must see it
+    # The variant claims RoPE (so its oracle is softmax-rope@naive) but its core applies none: the check must
+    # see it. (flash-rope against the plain softmax oracle was the pair once; its oracle now has RoPE too.)
+    import dataclasses
+
+    plain = get_variant("flash@sdpa-flash")
+    claims_rope = dataclasses.replace(get_variant("flash-rope@sdpa-flash"), builder=plain.builder)
     config = BenchConfig(variant="flash-rope@sdpa-flash", n=64, d=16, heads=2, dtype="float32", pass_="fwd+bwd")
-    row = compare(get_variant(config.variant), config)
+    row = compare(claims_rope, config)
     assert row.status == "fail" and row.forward_error > 10 * TOLERANCE["float32"]
     assert "exceeds the tolerance" in row.reason
+    assert compare(get_variant("flash-rope@sdpa-flash"), config).status == "pass"  # the real one holds
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
