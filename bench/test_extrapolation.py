@@ -25,7 +25,7 @@ SPEC_KEY = pytest.StashKey()
 
 
 def _extrap_preset(preset: str | None) -> str | None:
-    from bench.extrapolation.run import preset_names
+    from bench.extrapolation.spec import preset_names
 
     if preset is None:
         return None
@@ -38,7 +38,7 @@ def _extrap_preset(preset: str | None) -> str | None:
 def _spec(config: pytest.Config):
     """The extrapolation spec of the command line (no corpus read, nothing written)."""
     if SPEC_KEY not in config.stash:
-        from bench.extrapolation.run import load_extrap_spec
+        from bench.extrapolation.spec import load_extrap_spec
 
         config.stash[SPEC_KEY] = load_extrap_spec(
             _extrap_preset(config.getoption("preset")), device=config.getoption("device"),

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bench.extrapolation.model import ByteLM, ModelConfig, linear_impl, lm_loss
-from bench.extrapolation.run import load_extrap_spec
+from bench.extrapolation.spec import load_extrap_spec
 
 QUICK_VARIANTS = load_extrap_spec("extrap-quick").variants
 TINY = {"n_layers": 2, "d_model": 32, "n_heads": 2}

@@ -15,7 +15,8 @@ from bench.extrapolation.evaluate import BLOCK_TOKENS, Score, evaluate, paired_d
 from bench.extrapolation.job import cores_of, eval_twin
 from bench.extrapolation.model import ByteLM, ModelConfig
 from bench.extrapolation.noise import combined_noise, exceeds, summarise
-from bench.extrapolation.run import ExtrapolationRun, load_extrap_spec, row_key
+from bench.extrapolation.run import ExtrapolationRun
+from bench.extrapolation.spec import load_extrap_spec, row_key
 from bench.extrapolation.table import extrapolation_table
 from bench.registry import get_variant
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.extrapolation.run import ExtrapolationRun, load_extrap_spec, row_key
+from bench.extrapolation.run import ExtrapolationRun
+from bench.extrapolation.spec import load_extrap_spec, row_key
 from bench.extrapolation.table import extrapolation_table
 
 BIG = 2**17  # softmax's explicit scores at this length need 2 x BIG^2 x 4 bytes = 137 GB: an allocation error

@@ -43,7 +43,8 @@ def torch_threads() -> int:
 
 def run_extrapolate(args: argparse.Namespace) -> int:
     """Run the preset, print the table; exit 1 when a row is ``error``."""
-    from bench.extrapolation.run import ExtrapolationRun, load_extrap_spec
+    from bench.extrapolation.run import ExtrapolationRun
+    from bench.extrapolation.spec import load_extrap_spec
     from bench.extrapolation.table import extrapolation_table
 
     spec = load_extrap_spec(args.preset, device=args.device, variants=args.variants, lengths=args.n,

@@ -37,6 +37,7 @@ import torch
 from torch import distributed as dist
 
 from bench.config import BenchConfig
+from bench.extrapolation.corpus import TOKENIZER
 from bench.extrapolation.evaluate import Score, evaluate, forward_peak_input, paired_difference, windows
 from bench.extrapolation.model import ByteLM, linear_impl
 from bench.extrapolation.spec import TASK, ExtrapSpec, row_key
@@ -144,7 +145,7 @@ class TrainingJob:
         return {"run_id": self.run_id, "key": row_key(v.name, self.spec.train.train_len, eval_len, protocol, self.seed),
                 "task": TASK, "variant": v.name, "family": v.family, "pe": v.pe, "backend": v.backend,
                 "device": self.device.type, "device_name": self.device_name, "dtype": self.dtype,
-                "threads": torch.get_num_threads(), "corpus": self.corpus.name, "tokenizer": "bytes",
+                "threads": torch.get_num_threads(), "corpus": self.corpus.name, "tokenizer": TOKENIZER,
                 "train_len": self.spec.train.train_len, "eval_len": eval_len, "protocol": protocol,
                 "stride": self.spec.eval.stride(eval_len, protocol), "steps": self.spec.train.steps,
                 "seed": self.seed}

@@ -27,15 +27,7 @@ from torch import distributed as dist
 
 from bench.extrapolation.corpus import load_corpus
 from bench.extrapolation.job import TRAIN_INFO, TrainingJob, job_dir
-from bench.extrapolation.spec import (  # noqa: F401  (the run's public names, as before the split)
-    TASK,
-    EvalConfig,
-    ExtrapSpec,
-    doubling_lengths,
-    load_extrap_spec,
-    preset_names,
-    row_key,
-)
+from bench.extrapolation.spec import TASK, ExtrapSpec, row_key
 from bench.measure.environment import collect_environment
 from bench.measure.memory import available_memory_bytes
 from bench.sweep.executor import classify_failure

@@ -9,7 +9,7 @@ A preset holds the model sizes (``[model]``), the training (``[train]``: ``Train
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import tomllib
@@ -74,8 +74,6 @@ class ExtrapSpec:
 
     def train_config(self, seed: int) -> TrainConfig:
         """The training of ``seed``: the preset's, with its data order drawn from ``seed``."""
-        from dataclasses import replace
-
         return replace(self.train, seed=seed)
 
 

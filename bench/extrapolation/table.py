@@ -75,7 +75,7 @@ def _protocol_block(part: pd.DataFrame, summary: pd.DataFrame, protocol: str) ->
                                        "docs/extrapolation.md has a measured seed spread)")
         lines.append(f"'{delta_col}': change from the train length, paired over the same bytes; * exceeds "
                      f"2 x its noise{caveat}")
-    lines += ["", *_reference_block(mine, variants, train_len, longest, seeds)]
+    lines += ["", *_reference_block(mine, variants, train_len, longest)]
     if seeds > 1:
         spread = {(r.variant, str(int(r.eval_len))): ("-" if pd.isna(r.seed_sd) else f"{r.seed_sd:.3f}")
                   for r in mine.itertuples()}
@@ -84,7 +84,7 @@ def _protocol_block(part: pd.DataFrame, summary: pd.DataFrame, protocol: str) ->
     return lines
 
 
-def _reference_block(mine: pd.DataFrame, variants: list[str], train_len: int, longest: int, seeds: int) -> list[str]:
+def _reference_block(mine: pd.DataFrame, variants: list[str], train_len: int, longest: int) -> list[str]:
     """Each encoding minus its family's attention without positions, at L and at the longest length."""
     present = set(mine["variant"])
     by_key = {(r.variant, int(r.eval_len)): r for r in mine.itertuples()}
