@@ -109,8 +109,8 @@ def _run(args: argparse.Namespace) -> int:
           f"{len(sweep.planned)} configs" + (f", {skipped} already done (resumed)" if skipped else ""),
           file=sys.stderr)
     # disable=None: tqdm draws the bar on a terminal only, so logs and CI output stay readable.
-    with tqdm(total=len(pending), unit="config", disable=True if args.no_progress else None,
-              dynamic_ncols=True) as bar:
+    with sweep, tqdm(total=len(pending), unit="config", disable=True if args.no_progress else None,
+                     dynamic_ncols=True) as bar:
         for planned in pending:
             bar.set_postfix_str(planned.config.key, refresh=True)
             row = sweep.run_one(planned)

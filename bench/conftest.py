@@ -112,7 +112,9 @@ def _timer_marks(device: str) -> list:
 
 @pytest.fixture(scope="session")
 def bench_sweep(request: pytest.FixtureRequest):
-    return _sweep(request.config)
+    """The session's Sweep, run as a context (its process settings) until the test session ends."""
+    with _sweep(request.config) as sweep:
+        yield sweep
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:

@@ -26,6 +26,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from bench.process import process_settings
+
 REPO = Path(__file__).resolve().parents[1]
 AGREEMENT = 0.10
 """Largest relative difference allowed between a front end's timing and the independent timer's
@@ -239,8 +241,9 @@ def _front_end_attempt(preset: Path, directory: Path, attempt: int) -> tuple[lis
     sweep = Sweep(load_spec(str(preset)), results_dir=directory, run_id=f"cli-{attempt}")
     seed = sweep.spec.seed
     before = _independent_all(sweep.planned, seed)
-    for planned in sweep.pending():
-        sweep.run_one(planned)
+    with sweep:  # the process settings `python -m bench run` runs under
+        for planned in sweep.pending():
+            sweep.run_one(planned)
     between = _independent_all(sweep.planned, seed)
     failure = _run_pytest_front_end(preset, directory, f"pytest-{attempt}")
     after = _independent_all(sweep.planned, seed)
@@ -257,28 +260,23 @@ def check_front_ends(device: str) -> list[Check]:
     ``CHECK_STATISTIC`` must be within AGREEMENT of an independent timer's of the same workload, taken just before
     and just after it (their mean), in one of FRONT_END_ATTEMPTS attempts. CPU: CPU_CHECK_THREADS threads."""
     how = "triton.testing.do_bench median" if device == "cuda" else "torch.utils.benchmark.Timer, fastest block"
-    threads = torch.get_num_threads()
-    if device == "cpu":
-        torch.set_num_threads(CPU_CHECK_THREADS)
     verdicts: dict[str, Check] = {}
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            for attempt in range(1, FRONT_END_ATTEMPTS + 1):
-                planned, fronts, brackets = _front_end_attempt(_selfcheck_preset(device, Path(tmp)), Path(tmp),
-                                                               attempt)
-                for front, rows in fronts.items():
-                    for p in planned:
-                        name = f"{front}: {p.config.key}"
-                        if verdicts.get(name) and verdicts[name].status == "pass":
-                            continue
-                        verdict = _front_end_verdict(name, rows, p.config.key, brackets[front], how, attempt)
-                        if name in verdicts:  # keep what the failed attempts saw
-                            verdict.detail += f"; before: {verdicts[name].detail}"
-                        verdicts[name] = verdict
-                if all(c.status == "pass" for c in verdicts.values()):
-                    break
-    finally:
-        torch.set_num_threads(threads)
+    with process_settings(threads=CPU_CHECK_THREADS if device == "cpu" else None), \
+            tempfile.TemporaryDirectory() as tmp:
+        for attempt in range(1, FRONT_END_ATTEMPTS + 1):
+            planned, fronts, brackets = _front_end_attempt(_selfcheck_preset(device, Path(tmp)), Path(tmp),
+                                                           attempt)
+            for front, rows in fronts.items():
+                for p in planned:
+                    name = f"{front}: {p.config.key}"
+                    if verdicts.get(name) and verdicts[name].status == "pass":
+                        continue
+                    verdict = _front_end_verdict(name, rows, p.config.key, brackets[front], how, attempt)
+                    if name in verdicts:  # keep what the failed attempts saw
+                        verdict.detail += f"; before: {verdicts[name].detail}"
+                    verdicts[name] = verdict
+            if all(c.status == "pass" for c in verdicts.values()):
+                break
     return list(verdicts.values())
 
 

@@ -30,6 +30,7 @@ from bench.extrapolation.job import TRAIN_INFO, TrainingJob, job_dir
 from bench.extrapolation.spec import TASK, ExtrapSpec, row_key
 from bench.measure.environment import collect_environment
 from bench.measure.memory import available_memory_bytes
+from bench.process import process_settings
 from bench.sweep.executor import classify_failure
 from bench.sweep.planner import parse_shard
 from bench.sweep.session import new_run_id
@@ -115,16 +116,11 @@ class ExtrapolationRun:
     def run_variant(self, name: str) -> None:
         """Train and evaluate every seed of one variant in this process, under the preset's thread count
         (restored afterwards, so a pytest session's speed sweep keeps its own)."""
-        threads = torch.get_num_threads()
-        if self.spec.threads:
-            torch.set_num_threads(self.spec.threads)
-        try:
+        with process_settings(threads=self.spec.threads):
             for seed in self.spec.seeds:
                 self._job(name, seed, self._stored(), progress=self.progress).run()
                 if dist.is_initialized():
                     dist.barrier()
-        finally:
-            torch.set_num_threads(threads)
 
     # ---- the whole run --------------------------------------------------------------------------------
 
@@ -152,8 +148,7 @@ class ExtrapolationRun:
                    desc=f"{len(jobs)} trainings, {workers} workers")
         with context.Manager() as manager:
             messages = manager.Queue()
-            with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
-                                     initargs=(self.spec.threads,)) as pool:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
                 futures: dict[Future, tuple[str, int]] = {}
                 for variant, seed in jobs:
                     mine = {k: r for k, r in stored.items() if r.get("variant") == variant and r.get("seed", 0) == seed}
@@ -208,11 +203,6 @@ def _finished(spec: ExtrapSpec, job: tuple[str, int], stored: dict[str, dict]) -
 _CORPORA: dict[tuple[str, int], object] = {}
 
 
-def _init_worker(threads: int | None) -> None:
-    if threads:
-        torch.set_num_threads(threads)
-
-
 def _work(spec: ExtrapSpec, run_dir: str, run_id: str, device_name: str | None, memory_limit: int,
           variant: str, seed: int, stored: dict[str, dict], messages) -> None:
     """One job in a worker process: rows and progress go to ``messages`` as ("row", row) and ("step", 1)."""
@@ -223,4 +213,5 @@ def _work(spec: ExtrapSpec, run_dir: str, run_id: str, device_name: str | None, 
                       device_name=device_name, memory_limit=memory_limit, corpus=_CORPORA[key], stored=stored,
                       sink=lambda row: messages.put(("row", row)), progress=False,
                       on_step=lambda step, loss: messages.put(("step", 1)))
-    job.run()
+    with process_settings(threads=spec.threads):  # each job under the preset's threads, as in the parent
+        job.run()

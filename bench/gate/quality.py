@@ -29,6 +29,7 @@ import torch
 from bench.extrapolation.corpus import load_corpus
 from bench.extrapolation.evaluate import evaluate
 from bench.extrapolation.model import ByteLM, ModelConfig
+from bench.process import process_settings
 
 DEFAULT_QUALITY_BUDGETS = Path(__file__).resolve().parents[1] / "budgets" / "cpu-quality.json"
 QUALITY_VARIANTS = ("softmax-rope@naive", "linear-lrpe-orthogonal@torch-chunked", "softmax-ape@naive",
@@ -82,16 +83,12 @@ def score(variant: str, setup: QualitySetup, dtype: torch.dtype = torch.float32,
           tokens: torch.Tensor | None = None) -> dict[int, float]:
     """Bits per byte of ``variant``'s fixed-weight model in ``dtype``: {window length: bpb}."""
     tokens = validation_bytes(setup) if tokens is None else tokens
-    previous = torch.get_num_threads()
-    torch.set_num_threads(setup.threads)
-    try:
+    with process_settings(threads=setup.threads):
         model = ByteLM(ModelConfig(variant, n_layers=setup.n_layers, d_model=setup.d_model,
                                    n_heads=setup.n_heads, seed=setup.seed))
         model = sharpen(model, setup.seed).to(dtype).eval()
         with torch.no_grad():
             return {n: evaluate(model, tokens, n, "non-overlapping").bits_per_byte for n in setup.eval_lens}
-    finally:
-        torch.set_num_threads(previous)
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ Both front ends drive it: ``python -m bench run`` loops over ``pending()`` with 
 from __future__ import annotations
 
 import datetime as dt
-import gc
 import secrets
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -19,6 +19,7 @@ from bench.measure.ceilings import matmul_tflops, measure_ceilings
 from bench.measure.environment import collect_environment
 from bench.measure.memory import available_memory_bytes
 from bench.measure.timing import DO_BENCH_FLUSH_BYTES, TimingSettings, cuda_timer_name
+from bench.process import process_settings
 from bench.record import make_row
 from bench.sweep.executor import Executor, Timer
 from bench.sweep.planner import Budget, CallModel, Planned, parse_shard, plan
@@ -51,7 +52,11 @@ def call_model(device: str, settings: TimingSettings, *, timer: str | None = Non
 
 
 class Sweep:
-    """One session of a run. ``run_id=None`` starts a new run; an existing id resumes it."""
+    """One session of a run. ``run_id=None`` starts a new run; an existing id resumes it.
+
+    Front ends run it as a context (``with Sweep(...) as sweep:``): within it the gc is frozen
+    (``bench.process.process_settings``), after planning, when everything the run keeps alive (torch, the
+    probes' compilers) exists, and unfrozen on exit. ``run_one`` also works outside it, only slower."""
 
     def __init__(self, spec: SweepSpec, *, results_dir: str | Path = DEFAULT_RESULTS_DIR,
                  run_id: str | None = None, shard: str | None = None, profile: bool = False,
@@ -88,13 +93,21 @@ class Sweep:
         self.executor = Executor(self.settings, ceilings=self.ceilings, seed=spec.seed,
                                  profile_dir=self.store.path / "profiles" if profile else None)
         self.planned = plan(spec, self.shard) if planned is None else planned
-        # Everything imported so far (torch, the probes' compilers) lives for the whole run: freezing it
-        # takes ~400k objects out of every later gc pass, which otherwise cost ~90 ms per config here.
-        gc.freeze()
+        self._process: ExitStack | None = None
         self.started: float | None = None
+        """perf_counter() at the first ``run_one``: the start of the budget's clock."""
         self.prechecked: dict[tuple, str | None] = {}
         """Oracle checks of user kernels by (variant, device, dtype, D, causal, pass): None passed, else why not."""
-        """perf_counter() at the first ``run_one``: the start of the budget's clock."""
+
+    def __enter__(self) -> Sweep:
+        self._process = ExitStack()
+        self._process.enter_context(process_settings(freeze_gc=True))
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._process is not None:
+            self._process.close()
+            self._process = None
 
     def elapsed_s(self) -> float:
         """Seconds since the first config started (0 before it): what the total limit is checked against."""
