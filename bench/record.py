@@ -1,9 +1,13 @@
 """The result record: every column a run stores, with its type, unit and meaning, in one place.
 
-A row is made once per config (``make_row``), appended to the run store as JSON, and read back into a pandas
-frame (``to_frame``) whose columns follow this schema's order and types. The store, the frame, the terminal
-summary, the HTML report and the gates all read these names; a column that is not declared here cannot be
-stored (``make_row`` raises), so a typo or a new measurement without a definition fails at once.
+A producer (a sweep session, a torchrun rank, an extrapolation training, a merge) hands a plain dict to its run
+store (``bench.sweep.store``); the store validates it, once (``validate_row``), and writes the resulting ``Row``.
+Rows read back from a store are ``Row``s without a second check (``stored_row``: the store checked them when it
+wrote them), so a row that travels on (from a torchrun rank to rank 0, from a shard into a merge) is not checked
+again, and ``to_frame`` only types them into a pandas frame whose columns follow this schema's order. The
+store, the frame, the terminal summary, the HTML report and the gates all read these names; a column that is not
+declared here cannot be stored (``validate_row`` raises), so a typo or a new measurement without a definition
+fails at once.
 
 Two tasks share the store: ``speed`` rows (one per sweep config) and ``extrapolation`` rows (one per
 variant, train length, eval length and protocol); the ``task`` column tells them apart and each column names
@@ -183,24 +187,49 @@ def _coerce(column: Column, value: object) -> object:
         if isinstance(value, bool):
             return value
         raise TypeError(f"column {column.name!r} holds a bool, got {value!r}")
-    if column.type is int:
-        if isinstance(value, bool) or not float(value).is_integer():  # type: ignore[arg-type]
-            raise TypeError(f"column {column.name!r} holds an integer, got {value!r}")
-        return int(value)  # type: ignore[call-overload]
-    if column.type is float:
-        if isinstance(value, bool):
-            raise TypeError(f"column {column.name!r} holds a number, got {value!r}")
-        number = float(value)  # type: ignore[arg-type]
+    if column.type in (int, float):
+        kind = "an integer" if column.type is int else "a number"
+        try:  # a string or an object float() cannot read is named like any other wrong kind
+            number = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            number = None
+        if isinstance(value, bool) or number is None or (column.type is int and not number.is_integer()):
+            raise TypeError(f"column {column.name!r} holds {kind}, got {value!r}")
+        if column.type is int:
+            return value if isinstance(value, int) else int(number)
         return number if math.isfinite(number) else None
     return str(value)
 
 
-def make_row(task: str, values: Mapping[str, object]) -> dict:
-    """A validated row of ``task``: every value coerced to its column's type (NaN and infinities -> None).
+class Row(dict):
+    """A stored row: validated by ``validate_row`` when a store wrote it, or read back from a store that did.
+    Read-only, so it stays what was checked: a store appends a ``Row`` as it is. To change a value, build a
+    new dict (``{**row, "run_id": ...}``) and append that (it is validated then)."""
 
-    Raises ValueError naming any column that is not in the schema for this task, or a status that is not one
-    of STATUSES; TypeError for a value of the wrong kind.
+    __slots__ = ()
+
+    def _read_only(self, *args, **kwargs):
+        raise TypeError("a stored row is read-only; append a new dict ({**row, ...}) to change it")
+
+    __setitem__ = __delitem__ = __ior__ = _read_only
+    update = pop = popitem = setdefault = clear = _read_only
+
+    def __reduce__(self):
+        # pickle (torch.distributed's object collectives, worker queues) would set items one by one
+        return (Row, (dict(self),))
+
+
+def validate_row(values: Mapping[str, object]) -> Row:
+    """``values`` checked against the schema of its ``task`` (a row without one is a speed row), every value
+    coerced to its column's type (NaN and infinities -> None). A ``Row`` is returned as it is: it was checked.
+
+    Raises ValueError naming any column that is not in the schema for this task, an unknown task, or a status
+    that is not one of STATUSES; TypeError naming the column and value of the wrong kind. Only the run stores
+    call this (``bench.sweep.store``): the one check every row passes on its way in.
     """
+    if isinstance(values, Row):
+        return values
+    task = str(values.get("task") or "speed")
     allowed = set(columns_for(task))
     unknown = sorted(set(values) - allowed - {"task"})
     if unknown:
@@ -212,7 +241,25 @@ def make_row(task: str, values: Mapping[str, object]) -> dict:
     for name, value in values.items():
         if name != "task":
             row[name] = _coerce(SCHEMA[name], value)
-    return row
+    return Row(row)
+
+
+def amend_row(row: Row, **values: object) -> Row:
+    """``row`` with ``values`` set: only the new values are checked (the rest was, when ``row`` was stored),
+    with ``validate_row``'s errors. A merge uses it to give a row its new run and its source."""
+    task = str(row.get("task") or "speed")
+    unknown = sorted(set(values) - set(columns_for(task)))
+    if unknown:
+        raise ValueError(f"columns {unknown} are not in bench.record's schema for task {task!r}")
+    if "status" in values and values["status"] not in STATUSES:
+        raise ValueError(f"status must be one of {STATUSES}, got {values['status']!r}")
+    return Row({**row, **{name: _coerce(SCHEMA[name], value) for name, value in values.items()}})
+
+
+def stored_row(parsed: Mapping[str, object]) -> Row:
+    """A row parsed from a store's file, as a ``Row`` without checking it again: the store validated it when
+    it wrote it (rows written before a column was renamed or dropped stay readable)."""
+    return Row(parsed)
 
 
 def is_high_variance(median_ms: float, iqr_ms: float) -> bool:
@@ -221,13 +268,17 @@ def is_high_variance(median_ms: float, iqr_ms: float) -> bool:
 
 
 def to_frame(rows: Iterable[Mapping[str, object]]) -> pd.DataFrame:
-    """Rows (dicts, from the store) as a DataFrame with the schema's column order and nullable dtypes.
+    """Rows (from a store) as a DataFrame with the schema's column order and nullable dtypes.
 
     Columns no row has are left out; a row without ``task`` (stored before the column existed) is a speed
-    row. Every row goes through ``make_row``, so a column the schema does not know raises ValueError.
+    row. The values are not checked again (the store did when it wrote them), only typed: a column the schema
+    does not know has no type, and raises ValueError naming it.
     """
-    records = [make_row(str(row.get("task") or "speed"), row) for row in rows]
+    records = [{**row, "task": row.get("task") or "speed"} for row in rows]
     present = {name for record in records for name in record}
+    unknown = sorted(present - set(SCHEMA))
+    if unknown:
+        raise ValueError(f"columns {unknown} are not in bench.record's schema")
     names = [c.name for c in COLUMNS if c.name in present]
     frame = pd.DataFrame.from_records(records, columns=names)
     for name in names:

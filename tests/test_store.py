@@ -1,10 +1,13 @@
 """The run store: rows on disk as soon as they exist, crash-cut lines, resume keys, merge."""
 
 import json
+import pickle
 
 import pytest
 
-from bench.sweep.store import RunStore, merge_runs
+import bench.sweep.store as store_module
+from bench.record import Row
+from bench.sweep.store import MemoryStore, RunStore, merge_runs
 
 
 def row(key, **extra):
@@ -72,3 +75,46 @@ def test_merge_joins_shards_and_keeps_environments(tmp_path):
         merge_runs([one.path], tmp_path, "all")
     with pytest.raises(ValueError, match="not a run directory"):
         merge_runs([tmp_path / "nope"], tmp_path, "x")
+
+
+@pytest.fixture
+def checks(monkeypatch):
+    """The rows the stores really checked (a ``Row`` passes through ``validate_row`` unchecked)."""
+    checked = []
+    real = store_module.validate_row
+
+    def counting(values):
+        if not isinstance(values, Row):
+            checked.append(values["key"])
+        return real(values)
+
+    monkeypatch.setattr(store_module, "validate_row", counting)
+    return checked
+
+
+def test_a_row_is_checked_once_on_its_way_from_a_rank_to_the_run_store(tmp_path, checks):
+    rank = MemoryStore("r")
+    kept = rank.append(row("a", n=1024.0))
+    assert isinstance(kept, Row) and kept["n"] == 1024 and isinstance(kept["n"], int)
+    travelled = pickle.loads(pickle.dumps(rank.rows()))  # torch.distributed's object collectives pickle
+    stored = RunStore(tmp_path, "r").append(travelled[0])
+    assert stored == kept and checks == ["a"]
+    assert RunStore(tmp_path, "r").rows() == [kept] and checks == ["a"]  # reading back checks nothing
+
+
+def test_a_merged_row_is_not_checked_again(tmp_path, checks):
+    RunStore(tmp_path, "s1").append(row("a"))
+    merged = merge_runs([tmp_path / "s1"], tmp_path, "all")
+    assert checks == ["a"]
+    assert merged.rows()[0]["run_id"] == "all" and merged.rows()[0]["source_run"] == "s1"
+
+
+def test_append_names_the_bad_column_and_value(tmp_path):
+    store = RunStore(tmp_path, "r")
+    with pytest.raises(TypeError, match="column 'n' holds an integer, got 'many'"):
+        store.append(row("a", n="many"))
+    with pytest.raises(ValueError, match="time_medain_ms"):
+        store.append(row("a", time_medain_ms=1.0))
+    with pytest.raises(ValueError, match="needs a 'key'"):
+        store.append({"status": "ok"})
+    assert store.rows() == []

@@ -20,7 +20,7 @@ from bench.measure.environment import collect_environment
 from bench.measure.memory import available_memory_bytes
 from bench.measure.timing import DO_BENCH_FLUSH_BYTES, TimingSettings, cuda_timer_name
 from bench.process import process_settings
-from bench.record import make_row
+from bench.record import Row
 from bench.sweep.executor import Executor, Timer
 from bench.sweep.planner import Budget, CallModel, Planned, parse_shard, plan
 from bench.sweep.presets import SweepSpec
@@ -30,6 +30,11 @@ from bench.sweep.store import DEFAULT_RESULTS_DIR, MemoryStore, RunStore
 def new_run_id() -> str:
     """A sortable, unique run id: UTC time plus 4 random hex digits."""
     return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
+def _now() -> str:
+    """When a row is written: UTC, ISO 8601, to the second."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def timing_settings(spec: SweepSpec) -> TimingSettings:
@@ -75,7 +80,7 @@ class Sweep:
         self.run_id = self.store.run_id
         self.shard = parse_shard(shard)
         self.settings = timing_settings(spec)
-        self.rows: list[dict] = self.store.rows()
+        self.rows: list[Row] = self.store.rows()
         self.done = {row["key"] for row in self.rows}
         self.ceilings = self._ceilings(measure_ceilings_now)
         env = collect_environment(spec.device)
@@ -134,7 +139,7 @@ class Sweep:
         """Planned configs without a row yet (all of them in a new run)."""
         return [p for p in self.planned if p.config.key not in self.done]
 
-    def run_one(self, planned: Planned, timer: Timer | None = None) -> dict:
+    def run_one(self, planned: Planned, timer: Timer | None = None) -> Row:
         """Decide, run (if it may), store and return the row of one planned config."""
         started = time.perf_counter()
         if self.started is None:
@@ -155,48 +160,45 @@ class Sweep:
             measured = self.executor.run(config, variant, timer, flops=planned.flops)
             status, reason = measured.pop("status"), measured.pop("reason")
         values = {
-            "run_id": self.run_id, "key": config.key, **config.as_row(),
-            "family": variant.family, "pe": variant.pe, "backend": variant.backend,
-            "time_complexity": variant.time_complexity, "device_name": self.device_name,
-            "status": status, "reason": reason,
+            **self._identity(planned), "status": status, "reason": reason,
             "predicted_ms": prediction.seconds_per_call * 1e3 if prediction and prediction.seconds_per_call
             else None,
             "predicted_peak_bytes": prediction.peak_bytes if prediction else None,
-            "threads": torch.get_num_threads(),
-            "finished_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "finished_utc": _now(),
             **measured,
         }
         if "workload_s" in values:
             values["wall_s"] = time.perf_counter() - started
             values["overhead_s"] = max(0.0, values["wall_s"] - values["workload_s"])
-        row = make_row("speed", values)
-        self.store.append(row)
+        row = self.store.append(values)
         self.rows.append(row)
         self.done.add(config.key)
         return row
 
-    def add_rows(self, rows: list[dict]) -> None:
-        """Take rows another process measured (a torchrun rank): stored, and seen by the planner's budget."""
+    def add_rows(self, rows: list[Row]) -> None:
+        """Take rows another process measured and stored (a torchrun rank): stored here as they are (that
+        rank's store checked them), and seen by the planner's budget."""
         for row in rows:
             if row["key"] in self.done:
                 continue
-            self.store.append(row)
-            self.rows.append(row)
+            self.rows.append(self.store.append(row))
             self.done.add(row["key"])
 
-    def failed_row(self, planned: Planned, reason: str) -> dict:
+    def failed_row(self, planned: Planned, reason: str) -> Row:
         """The ``error`` row of a config whose run raised outside the executor (its rank failed), stored."""
-        config, variant = planned.config, planned.variant
-        row = make_row("speed", {
-            "run_id": self.run_id, "key": config.key, **config.as_row(), "family": variant.family, "pe": variant.pe,
-            "backend": variant.backend, "time_complexity": variant.time_complexity,
-            "device_name": self.device_name, "status": "error", "reason": reason,
-            "threads": torch.get_num_threads(),
-            "finished_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
-        self.store.append(row)
+        row = self.store.append({**self._identity(planned), "status": "error", "reason": reason,
+                                 "finished_utc": _now()})
         self.rows.append(row)
-        self.done.add(config.key)
+        self.done.add(planned.config.key)
         return row
+
+    def _identity(self, planned: Planned) -> dict:
+        """The columns that say which config a row is and where it ran."""
+        config, variant = planned.config, planned.variant
+        return {"task": "speed", "run_id": self.run_id, "key": config.key, **config.as_row(),
+                "family": variant.family, "pe": variant.pe, "backend": variant.backend,
+                "time_complexity": variant.time_complexity, "device_name": self.device_name,
+                "threads": torch.get_num_threads()}
 
     def precheck(self, planned: Planned) -> str | None:
         """None when ``planned``'s variant matches its oracle on small inputs in this config's device, dtype,

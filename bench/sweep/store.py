@@ -12,17 +12,26 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pandas as pd
 
-from bench.record import make_row, to_frame
+from bench.record import Row, amend_row, stored_row, to_frame, validate_row
 
 ROWS_FILE = "rows.jsonl"
 ENVIRONMENT_FILE = "environment.json"
 FRAME_FILE = "results.csv"
 DEFAULT_RESULTS_DIR = Path("results")
+
+
+def check_row(values: Mapping[str, object]) -> Row:
+    """The one check of a row on its way into a store: it needs a ``key``, and must fit ``bench.record``'s
+    schema (``validate_row``, whose errors name the column and value). A ``Row`` passes as it is: a store
+    checked it already (a torchrun rank's, or the source of a merge)."""
+    if "key" not in values:
+        raise ValueError(f"a row needs a 'key', got columns {sorted(values)}")
+    return validate_row(values)
 
 
 class RunStore:
@@ -36,9 +45,10 @@ class RunStore:
         self.path.mkdir(parents=True, exist_ok=True)
         self.rows_path = self.path / ROWS_FILE
 
-    def rows(self) -> list[dict]:
-        """All rows stored so far. A line cut off by a crash (only possible for a write that was killed) is
-        skipped with a warning; the rows after it are kept."""
+    def rows(self) -> list[Row]:
+        """All rows stored so far, parsed and not checked again (``append`` checked them). A line cut off by a
+        crash (only possible for a write that was killed) is skipped with a warning; the rows after it are
+        kept."""
         if not self.rows_path.exists():
             return []
         rows = []
@@ -46,7 +56,7 @@ class RunStore:
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                rows.append(stored_row(json.loads(line)))
             except json.JSONDecodeError:
                 warnings.warn(f"{self.rows_path}:{number}: skipping a cut-off line (a run was killed mid-write)",
                               stacklevel=2)
@@ -56,11 +66,10 @@ class RunStore:
         """Keys of the configs that already have a row (any status): a resumed run skips them."""
         return {row["key"] for row in self.rows()}
 
-    def append(self, row: dict) -> None:
-        """Validate one row against ``bench.record`` and write it, forced to disk before returning."""
-        if "key" not in row:
-            raise ValueError(f"a row needs a 'key', got columns {sorted(row)}")
-        row = make_row(str(row.get("task") or "speed"), row)
+    def append(self, values: Mapping[str, object]) -> Row:
+        """Write one row, forced to disk before returning, and return it as stored. This is where every row is
+        checked against ``bench.record`` (``check_row``); a ``Row`` was checked by the store it came from."""
+        row = check_row(values)
         line = json.dumps(row)
         # A previous session killed mid-write can leave a line without its newline: start a fresh one.
         needs_newline = False
@@ -74,6 +83,7 @@ class RunStore:
             handle.write(line + "\n")
             handle.flush()
             os.fsync(handle.fileno())
+        return row
 
     def environment(self) -> dict:
         """{"sessions": [environment, ...]}: one entry per session that wrote to this run."""
@@ -109,12 +119,15 @@ class MemoryStore:
         self._rows: list[dict] = []
         self._sessions: list[dict] = []
 
-    def rows(self) -> list[dict]:
+    def rows(self) -> list[Row]:
         return list(self._rows)
 
-    def append(self, row: dict) -> None:
-        """Validate one row against ``bench.record`` and keep it."""
-        self._rows.append(make_row(str(row.get("task") or "speed"), row))
+    def append(self, values: Mapping[str, object]) -> Row:
+        """Keep one row, checked as ``RunStore.append`` checks it (rank 0 then stores it unchecked), and
+        return it."""
+        row = check_row(values)
+        self._rows.append(row)
+        return row
 
     def environment(self) -> dict:
         return {"sessions": list(self._sessions)}
@@ -143,7 +156,7 @@ def merge_runs(sources: Iterable[str | Path], results_dir: str | Path, run_id: s
         for row in store.rows():
             if row["key"] not in seen:
                 seen.add(row["key"])
-                merged.append({**row, "run_id": run_id, "source_run": source.name})
+                merged.append(amend_row(row, run_id=run_id, source_run=source.name))
         for env in store.environment()["sessions"]:
             merged.add_environment({**env, "source_run": source.name})
     merged.write_frame()
