@@ -93,7 +93,7 @@ ENCODINGS: dict[str, Encoding] = {e.name: e for e in (
     Encoding("ape", lambda d: d, (0.0, 0.0), about="sinusoidal absolute positions, added at the embedding"),
     # LRPE-orthogonal's unfused rotation is docs/anchors.md's 2.21 - 0.97 ms fwd, 6.42 - 3.16 ms fwd+bwd; RoPE
     # and the permutation are assumed to cost the same (one elementwise pass over q and k)
-    Encoding("rope", lambda d: d, (1.24, 3.26), even_head_dim=True, about="rotary, half-split layout"),
+    Encoding("rope", lambda d: d, (1.24, 3.26), even_head_dim=True, about="rotary, RoFormer's interleaved pairs"),
     # SPE has no anchor: assumed 3x LRPE-unitary's (R = 64 realisations)
     Encoding("spe-sine", lambda d: SPE_REALIZATIONS, (3.93, 9.24), about="sinusoidal stochastic PE"),
     Encoding("spe-conv", lambda d: SPE_REALIZATIONS, (3.93, 9.24), about="convolutional stochastic PE"),

@@ -33,9 +33,12 @@ from bench.variant import AttentionSpec, Variant
 from lrpe import P_CHOICES, LinearAttentionCore
 from lrpe.kernels.dispatch import FUSED_HEAD_DIMS, float32_reason, fused_availability
 
-ROPE_LAYOUT = "half"
-"""RoPE variants use the half-split (GPT-NeoX) layout; LRPE-orthogonal with P = identity is the
-interleaved layout, so the two differ by the odd-even P."""
+ROPE_LAYOUT = "interleaved"
+"""RoPE variants pair coordinates (2i, 2i+1) as RoFormer defines RoPE, so on a CPU the rotation is one
+complex multiply, the same operation as LRPE-orthogonal's. The pairing is a fixed permutation of coordinates,
+which learned projections absorb: it changes no model's quality, only what a rotation costs in torch ops. The
+half-split (GPT-NeoX) pairing stays in ``baselines.rope`` (``layout="half"``); it is LRPE-orthogonal with the
+odd-even P, and docs/fairness.md has its measured cost."""
 
 CHUNK_SIZE = 64
 SPE_SINES = 10

@@ -15,6 +15,8 @@ Kinds (the real form of Lambda):
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -162,10 +164,55 @@ class LRPE(nn.Module):
             return members[flat]
         return torch.gather(members[:, None, :].expand_as(flat), -1, flat)
 
+    def permutation_period(self) -> int:
+        """The order of pi (of every head's pi together): the least T > 0 with pi^T = identity, the lcm of the
+        cycle lengths. pi^s depends on s mod T only."""
+        if self.kind != "permutation":
+            raise ValueError(f"permutation_period needs kind 'permutation', this LRPE is {self.kind!r}")
+        return math.lcm(*set(self.cycle_length.flatten().tolist()))
+
+    def _periodic_rows(self, offset: int, count: int) -> int | None:
+        """Rows R of a block whose index ``pi^(offset + r)``, r < R, serves every block of rows (R a multiple
+        of the period, at most ``_PERMUTATION_TABLE_ROWS``), or None when the period is longer than that."""
+        period = self.permutation_period()
+        if period > _PERMUTATION_TABLE_ROWS:
+            return None
+        return min(count, period * (_PERMUTATION_TABLE_ROWS // period))
+
     def _permutation_table(self, rows: int) -> Tensor:
         """``permutation_index(arange(rows))`` with a head dim always: (1 or H, rows, D)."""
         table = self.permutation_index(torch.arange(rows, device=self.cycle_pos.device))
         return table[None] if self.num_heads is None else table
+
+    def _permutation_table_at(self, offset: int, rows: int, sign: int = 1) -> Tensor:
+        """``permutation_index(sign * (offset + arange(rows)))``: (rows, D), or (H, rows, D) per head."""
+        positions = torch.arange(offset, offset + rows, device=self.cycle_pos.device)
+        return self.permutation_index(positions if sign > 0 else -positions)
+
+    def _gather_rows(self, x: Tensor, out: Tensor, offset: int, sign: int) -> None:
+        """``out[..., s, j] = x[..., s, pi^(sign * (offset + s))(j)]`` block by block of rows, each block's
+        int64 index built for it (one period's index shared by every block when the period is short), so that
+        no index of x's size exists. ``out`` may be x: each block is gathered into a small temporary first."""
+        n = x.shape[-2]
+        periodic = self._periodic_rows(offset, n)
+        if periodic is not None:
+            # Blocks of a whole number of periods all take one index, built once (the registry's pi, seed 0
+            # and D = 64, has period 63): per block only the gather remains.
+            step, shared, table = periodic, self._permutation_table_at(offset, periodic, sign), None
+        else:
+            step, shared = _PERMUTATION_TABLE_ROWS, None
+            table = self._permutation_table(min(n, step))
+        for first in range(0, n, step):
+            rows = slice(first, min(n, first + step))
+            if shared is not None:
+                idx = shared[..., : rows.stop - rows.start, :]
+            elif sign > 0:
+                idx = self._permutation_rows(offset, rows, table)
+            else:
+                idx = self._permutation_table_at(offset + rows.start, rows.stop - rows.start, sign)
+            block = x[..., rows, :]
+            torch.gather(block, -1, idx.expand(block.shape), out=out[..., rows, :]) if out is not x else (
+                block.copy_(torch.gather(block, -1, idx.expand(block.shape))))
 
     def _permutation_rows(self, offset: int, rows: slice, table: Tensor) -> Tensor:
         """``permutation_index`` of the positions ``offset + arange(rows.start, rows.stop)``: (R, D), or
@@ -209,6 +256,11 @@ class LRPE(nn.Module):
         them to q and to k halves the trigonometry (``forward_pair``).
         """
         if self.kind == "permutation":
+            rows = self._periodic_rows(offset, n)
+            if rows is not None:  # one period's rows, repeated (a copy, no index arithmetic per entry)
+                base = self._permutation_table_at(offset, rows)
+                return base.repeat(1, -(-n // rows), 1)[:, :n] if self.num_heads is not None else (
+                    base.repeat(-(-n // rows), 1)[:n])
             table = self._permutation_table(min(n, _PERMUTATION_TABLE_ROWS))
             return self._permutation_rows(offset, slice(0, n), table)
         phasors = position_phasors(self.theta, n, offset, dtype)
@@ -217,8 +269,10 @@ class LRPE(nn.Module):
         # (..., n, F, 2) (cos, sin) viewed as (..., n, 2, F): no copy.
         return torch.view_as_real(phasors).transpose(-1, -2)
 
-    def transform(self, x: Tensor, factors: Tensor, *, inplace: bool = False) -> Tensor:
+    def transform(self, x: Tensor, factors: Tensor | int, *, inplace: bool = False) -> Tensor:
         """``Lambda^s P x_s`` with the factors of ``position_factors``: x (..., N, D) -> (..., N, D').
+        The permutation also takes the offset (an int) instead of its index: then the index is built block by
+        block and its backward permutes the gradient back (``_PermuteRows``), saving nothing of x's size.
 
         inplace: the caller gives up x (a temporary it owns, outside autograd), so the orthogonal rotation
         may overwrite it instead of allocating a new tensor; the other kinds change the width or gather and
@@ -226,7 +280,9 @@ class LRPE(nn.Module):
         """
         self._check_input(x)
         xp = self.p(x.to(angle_dtype(x.dtype)))
-        if self.kind == "permutation":
+        if self.kind == "permutation" and isinstance(factors, int):  # the offset: forward and forward_pair
+            out = _PermuteRows.apply(xp, self, factors)
+        elif self.kind == "permutation":
             out = torch.gather(xp, -1, factors.expand(xp.shape))
         elif self.kind == "orthogonal":
             out = rotate_interleaved(xp, factors, inplace=inplace)
@@ -237,8 +293,12 @@ class LRPE(nn.Module):
 
     def forward(self, x: Tensor, offset: int = 0) -> Tensor:
         self._check_input(x)
-        factors = self.position_factors(x.shape[-2], offset, angle_dtype(x.dtype))
-        return self.transform(x, factors)
+        return self.transform(x, self._factors(x.shape[-2], offset, angle_dtype(x.dtype)))
+
+    def _factors(self, n: int, offset: int, dtype: torch.dtype) -> Tensor | int:
+        """What ``transform`` takes from ``forward``: the position factors, except for the permutation, which
+        takes the offset and builds its index block by block (``_PermuteRows``)."""
+        return offset if self.kind == "permutation" else self.position_factors(n, offset, dtype)
 
     def forward_pair(self, q: Tensor, k: Tensor, offset: int = 0, *, inplace: bool = False) -> tuple[Tensor, Tensor]:
         """``(forward(q, offset), forward(k, offset))`` for q, k of one shape, computing Lambda^s once.
@@ -250,23 +310,17 @@ class LRPE(nn.Module):
         self._check_input(q)
         if self.kind == "permutation" and inplace:
             return self._permute_pair_in_place(q, k, offset)
-        factors = self.position_factors(q.shape[-2], offset, angle_dtype(q.dtype))
+        factors = self._factors(q.shape[-2], offset, angle_dtype(q.dtype))
         return self.transform(q, factors, inplace=inplace), self.transform(k, factors, inplace=inplace)
 
     def _permute_pair_in_place(self, q: Tensor, k: Tensor, offset: int) -> tuple[Tensor, Tensor]:
         """``Pi^s P`` of q and k block by block of rows, each block gathered into a small temporary and copied
-        back, and each block's int64 index built for it, so that, as the orthogonal rotation in place, nothing
-        of q's size is made (a full per-head index is (H, N, D) int64, twice q's float32 bytes)."""
+        back, so that, as the orthogonal rotation in place, nothing of q's size is made (a full per-head index
+        is (H, N, D) int64, twice q's float32 bytes)."""
         compute = angle_dtype(q.dtype)
         qp, kp = self.p(q.to(compute)), self.p(k.to(compute))
-        n = q.shape[-2]
-        table = self._permutation_table(min(n, _PERMUTATION_TABLE_ROWS))
-        for first in range(0, n, _PERMUTATION_TABLE_ROWS):
-            rows = slice(first, min(n, first + _PERMUTATION_TABLE_ROWS))
-            idx = self._permutation_rows(offset, rows, table)
-            for x in (qp, kp):
-                block = x[..., rows, :]
-                block.copy_(torch.gather(block, -1, idx.expand(block.shape)))
+        for x in (qp, kp):
+            self._gather_rows(x, x, offset, 1)
         return qp.to(q.dtype), kp.to(k.dtype)
 
     def relative_matrix(self, r: int) -> Tensor:
@@ -301,3 +355,24 @@ class LRPE(nn.Module):
     def extra_repr(self) -> str:
         return (f"kind={self.kind!r}, head_dim={self.head_dim}, p={self.p_name!r}, "
                 f"theta={self.theta_mode!r}, num_heads={self.num_heads}, spacing={self.spacing!r}")
+
+
+class _PermuteRows(torch.autograd.Function):
+    """``Pi^s x`` for the positions ``offset + arange(N)`` of x (..., N, D), with a backward that applies the
+    transpose, ``Pi^(-s)`` (``(Pi^s)^T = Pi^(-s)``: (Pi^s x)_j = x_(pi^s(j)), so the gradient of x_i is
+    g_(pi^(-s)(i))). Nothing of x's size is saved for the backward, where ``torch.gather`` saves its int64
+    index: (N, D), per head (H, N, D), half to twice x's float32 bytes."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, encoding: LRPE, offset: int) -> Tensor:
+        ctx.encoding, ctx.offset = encoding, offset
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        encoding._gather_rows(x.contiguous(), out, offset, 1)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        out = torch.empty(grad.shape, dtype=grad.dtype, device=grad.device)
+        ctx.encoding._gather_rows(grad.contiguous(), out, ctx.offset, -1)
+        return out, None, None

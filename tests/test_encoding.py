@@ -270,15 +270,22 @@ def test_unitary_width_doubles_with_cos_then_sin() -> None:
     assert math.isclose(float(out.pow(2).sum()), 4.0)
 
 
-@pytest.mark.parametrize("num_heads", [None, 3])
-@pytest.mark.parametrize(("n", "offset"), [(1, 0), (37, 5), (70, -(10**12) - 7), (64, 10**13)])
-def test_permutation_fast_index_and_in_place_pair_equal_the_oracle(monkeypatch, num_heads, n, offset) -> None:
-    """The block-table index (pi^(s0 + r) = pi^r o pi^s0) and the in-place blockwise gather equal
-    ``permutation_index`` and the explicit W_r oracle, across block edges (blocks of 16 rows here)."""
+@pytest.mark.parametrize(("table_rows", "num_heads", "seed"), [
+    (16, None, 4), (16, 3, 4),  # period longer than 16 rows: the block-table index
+    (64, None, 0), (64, 3, 2),  # period at most 64 rows: one period's index, repeated
+])
+@pytest.mark.parametrize(("n", "offset"), [(1, 0), (37, 5), (70, -(10**12) - 7), (64, 10**13), (200, 3)])
+def test_permutation_fast_index_and_in_place_pair_equal_the_oracle(monkeypatch, table_rows, num_heads, seed, n,
+                                                                  offset) -> None:
+    """Both fast indexes (the block table, pi^(s0 + r) = pi^r o pi^s0, and the periodic one, pi^s =
+    pi^(s mod T)) and the in-place blockwise gather equal ``permutation_index`` and the explicit W_r oracle,
+    across block edges."""
     import lrpe.encoding
 
-    monkeypatch.setattr(lrpe.encoding, "_PERMUTATION_TABLE_ROWS", 16)
-    enc = LRPE("permutation", 12, p="householder", num_heads=num_heads, seed=4).double()
+    monkeypatch.setattr(lrpe.encoding, "_PERMUTATION_TABLE_ROWS", table_rows)
+    enc = LRPE("permutation", 12, p="householder", num_heads=num_heads, seed=seed).double()
+    periodic = enc.permutation_period() <= table_rows
+    assert periodic == (table_rows == 64), enc.permutation_period()  # each branch is the one named above
     positions = torch.arange(offset, offset + n)
     want = enc.permutation_index(positions)
     assert torch.equal(enc.position_factors(n, offset, F64), want)
@@ -293,3 +300,27 @@ def test_permutation_fast_index_and_in_place_pair_equal_the_oracle(monkeypatch, 
     w = enc.relative_matrix(t - s)
     expected = torch.einsum("bhi,hij,bhj->bh", x[:, :, s], w.expand(3, 12, 12), y[:, :, t])
     torch.testing.assert_close((ix[:, :, s] * iy[:, :, t]).sum(-1), expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(("table_rows", "num_heads", "seed"), [(16, None, 4), (16, 3, 4), (64, None, 0), (64, 3, 2)])
+@pytest.mark.parametrize("offset", [0, 5, -(10**9) - 3])
+def test_permutation_autograd_path_equals_the_gather_oracle_and_gradchecks(monkeypatch, table_rows, num_heads,
+                                                                           seed, offset) -> None:
+    """forward/forward_pair take the permutation through ``_PermuteRows`` (block-built index, a backward that
+    applies Pi^(-s)): values equal the explicit gather with ``permutation_index``, and gradcheck passes, with a
+    short period (one shared index) and a long one (an index per block), across block edges."""
+    import lrpe.encoding
+
+    monkeypatch.setattr(lrpe.encoding, "_PERMUTATION_TABLE_ROWS", table_rows)
+    enc = LRPE("permutation", 12, num_heads=num_heads, seed=seed).double()
+    n = 70
+    x = torch.randn(2, 3, n, 12, dtype=F64, requires_grad=True)
+    idx = enc.permutation_index(torch.arange(offset, offset + n))
+    expected = torch.gather(x, -1, idx.expand(x.shape))
+    assert torch.equal(enc(x, offset=offset), expected)
+    grad = torch.randn_like(expected)
+    (want,) = torch.autograd.grad(expected, x, grad)
+    (got,) = torch.autograd.grad(enc(x, offset=offset), x, grad)
+    assert torch.equal(got, want)
+    small = torch.randn(1, 3, 21, 12, dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: enc(t, offset=offset), (small,))

@@ -154,6 +154,28 @@ def test_linear_rope_is_rope_on_feature_maps_without_denominator():
     torch.testing.assert_close(out, expected, atol=1e-10, rtol=1e-10)
 
 
+@pytest.mark.parametrize("layout, lrpe_variant", [
+    ("interleaved", "linear-lrpe-orthogonal@torch-chunked"),
+    ("half", "linear-lrpe-orthogonal-oddeven@torch-chunked"),
+])
+def test_rope_is_lrpe_orthogonal_with_the_p_of_its_pairing(layout, lrpe_variant):
+    """docs/fairness.md's premise, held on numbers: RoPE on the features in the registry's (RoFormer's)
+    interleaved pairing is LRPE-orthogonal with P = identity, and in the half-split pairing it is
+    LRPE-orthogonal with the odd-even P, up to the coordinate order, which dot products do not see. (Not to
+    the last bit: LRPE keeps theta as a float32 buffer, RoPE uses float64 angles; 1.5e-6 apart here.)"""
+    config = BenchConfig(variant=lrpe_variant, n=37, d=8, heads=2, dtype="float64")
+    q, k, v = inputs(config)
+    phi = get_feature_map("elu1")
+    rq, rk = apply_rope(phi(q), layout=layout), apply_rope(phi(k), layout=layout)
+    expected = linear_attention(rq, rk, v, causal=True, impl="quadratic")
+    torch.testing.assert_close(run(lrpe_variant, config, q, k, v), expected, atol=1e-5, rtol=1e-5)
+    assert ROPE_LAYOUT == "interleaved"
+    other = "half" if layout == "interleaved" else "interleaved"
+    rq, rk = apply_rope(phi(q), layout=other), apply_rope(phi(k), layout=other)
+    assert not torch.allclose(run(lrpe_variant, config, q, k, v),
+                              linear_attention(rq, rk, v, causal=True, impl="quadratic"), atol=1e-3, rtol=1e-3)
+
+
 def test_spe_entries_draw_from_the_seeded_global_generator():
     config = BenchConfig(variant="linear-spe-sine@torch-chunked", n=20, d=8, heads=2, dtype="float64")
     q, k, v = inputs(config)
