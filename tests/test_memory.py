@@ -194,3 +194,31 @@ def test_cuda_peak_of_a_known_allocation():
     resident = torch.zeros(16 * MiB, device="cuda")  # in use before the call: not counted
     assert abs(measure_peak_bytes(fn, "cuda") - 256 * MiB) < 0.01 * 256 * MiB
     del resident
+
+
+def test_allocated_peak_counts_the_call_s_own_tensors_exactly_after_any_history() -> None:
+    """The gate's peak: the largest sum of live tensors the call allocated, to the byte, the same after heap
+    churn that moves the resident-set reading; inputs allocated before the call are not counted."""
+    from bench.measure.memory import allocated_peak_bytes
+
+    x = torch.randn(256, 256)  # 256 KiB, allocated before: not counted
+
+    def call() -> torch.Tensor:
+        a = x @ x  # 256 KiB
+        b = torch.empty(100_000)  # 400,000 bytes, both alive: the peak
+        del a, b
+        return torch.empty(10)
+
+    first = allocated_peak_bytes(call, "cpu")
+    assert first == 256 * 256 * 4 + 400_000
+    churn = [torch.ones(n) for n in (3_000_000, 77, 500_000)]  # written, then freed out of order
+    del churn[1], churn[0]
+    assert allocated_peak_bytes(call, "cpu") == first
+    assert allocated_peak_bytes(lambda: x.neg_(), "cpu") == 0  # in place: nothing new
+
+
+def test_allocated_peak_raises_for_an_unknown_device() -> None:
+    from bench.measure.memory import allocated_peak_bytes
+
+    with pytest.raises(ValueError, match="no allocator-counted peak for device type 'meta'"):
+        allocated_peak_bytes(lambda: None, "meta")

@@ -35,7 +35,7 @@ class ToleranceRules:
     shift_floor: float = 1.08
     slope_floor: float = 0.1
     memory_floor: float = 0.05
-    memory_floor_bytes: int = 256 * 2**10
+    memory_floor_bytes: int = 16 * 2**10
 
     def __post_init__(self) -> None:
         if not (self.margin >= 1 and self.ratio_floor > 1 and self.shift_floor > 1

@@ -65,7 +65,7 @@ def update(budgets_path: str | Path = DEFAULT_BUDGETS, run_dirs: list[str | Path
     reference = old.reference if old else (first.reference if first else DEFAULT_REFERENCE)
     cycles = cycles or (old.cycles if old else DEFAULT_CYCLES)
     threads = old.threads if old else 1
-    peak_readings = old.peak_readings if old else 5
+    peak_readings = old.peak_readings if old else 2
     rules = rules or (old.rules if old else ToleranceRules())
     if not run_dirs:
         if runs < 1:

@@ -9,12 +9,12 @@ calls either side of it, so whatever slows the machine for a second (a neighbour
 slows both and cancels. The reference itself is timed against the yardstick the same way, so a slower
 reference is seen and named too.
 
-Memory. CPU peaks are the resident-set high-water mark (``bench.measure.memory``); read after other work,
-they move with the heap's history (a config read 7.0 MiB alone and 8-11 MiB after the other variants' timing
-loops, the naive softmax at 1k 34 or 50 MiB). So each config's peak is read in a child forked from the gate
-process before any timing ran (the same history every time), ``peak_readings`` times, and the smallest
-kept: the high-water mark sometimes reads one freed block late (the naive softmax at 2k: 136 MiB, or 202 MiB,
-one N x N float32 more, in the same process), never early.
+Memory. Each config's peak is the most bytes of tensors its call held at once, counted by PyTorch's
+allocator (``bench.measure.memory.allocated_peak_bytes``): exact and the same in every process, where the
+resident-set high-water mark the sweep reports moved with the heap's history (a config read 7.0 MiB alone and
+8-11 MiB after other variants' timing loops; SPE-sine at 2k anywhere from 75 to 143 MiB), which let a +10%
+growth hide in most configs. The pass runs in a child forked before any timing, ``peak_readings`` times (a
+reading that differs from the others would show a call whose allocations depend on more than its shapes).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import torch
 from bench.config import BenchConfig
 from bench.measure.allocator import timing_regime
 from bench.measure.cpu_time import LABEL, cpu_seconds
-from bench.measure.memory import measure_peak_bytes
+from bench.measure.memory import allocated_peak_bytes
 from bench.measure.timing import warmup
 from bench.registry import get_variant
 from bench.sweep.executor import classify_failure, make_inputs, make_workload
@@ -142,7 +142,7 @@ def identity(config: BenchConfig, fn: Workload, phase: str) -> Workload:
 
 
 def run_gate(spec: SweepSpec | str, directory: str | Path, *, reference: str, cycles: int, threads: int = 1,
-             peak_readings: int = 5, wrap: Wrap = identity, log: Callable[[str], None] | None = None) -> GateRun:
+             peak_readings: int = 2, wrap: Wrap = identity, log: Callable[[str], None] | None = None) -> GateRun:
     """Measure a gate run of ``spec`` (a SweepSpec or a preset name or path) and save it in ``directory``.
 
     ``wrap`` maps (config, workload, phase) to the workload that is measured: the identity, except where a
@@ -250,7 +250,7 @@ def _measure_peaks(entry: ConfigRun, seed: int, readings: int, wrap: Wrap) -> No
         try:
             fn = wrap(entry.config, _build(entry.config, seed), "memory")
             fn()
-            result = {"peaks_bytes": [measure_peak_bytes(fn, "cpu") for _ in range(readings)]}
+            result = {"peaks_bytes": [allocated_peak_bytes(fn, "cpu") for _ in range(readings)]}
         except BaseException as exc:  # every failure goes to the parent as a status; the child must exit
             status, reason = classify_failure(exc)
             result = {"status": status, "reason": reason}

@@ -1,14 +1,25 @@
 """Peak memory of one call, memory still available, and telling out-of-memory failures from other errors.
 
-GPU peaks come from PyTorch's caching allocator. CPU peaks come from the process's resident-set high-water
-mark (VmHWM), reset before the call through /proc/self/clear_refs; ``tracemalloc`` would not see tensors.
+Two peaks, for two questions:
+
+- ``measure_peak_bytes`` (the sweep's ``peak_mem_bytes``): what the call costs the machine. GPU peaks come
+  from PyTorch's caching allocator; CPU peaks from the process's resident-set high-water mark (VmHWM), reset
+  before the call through /proc/self/clear_refs (``tracemalloc`` would not see tensors). A CPU reading moves
+  with the heap's history (freed blocks reused or not, glibc's thresholds).
+- ``allocated_peak_bytes`` (the gate's memory check): the most bytes of tensors the call's own allocations
+  held at once, counted by PyTorch's allocator (CUDA: its peak statistics; CPU: the allocation and free
+  events the profiler records with ``profile_memory``). Exact and repeatable: the same code and shapes give
+  the same count in any process after any history, so a +10% growth cannot hide in the noise. It leaves
+  out what does not come from PyTorch's allocator (oneDNN's or MKL's own scratch, Python objects).
 """
 
 from __future__ import annotations
 
 import gc
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -54,6 +65,53 @@ def measure_peak_bytes(fn: Callable[[], object], device: str | torch.device) -> 
     if device.type == "cpu":
         return _cpu_peak_bytes(fn)
     raise ValueError(f"no peak-memory measurement for device type {device.type!r}")
+
+
+def allocated_peak_bytes(fn: Callable[[], object], device: str | torch.device) -> int:
+    """The most bytes of tensors allocated by one call of ``fn`` that were alive at once (see the module
+    docstring): what was allocated before the call is not counted, so a call that only reads its inputs and
+    frees what it makes has the peak of its temporaries, and outputs it keeps alive are counted.
+
+    CUDA: ``max_memory_allocated`` above ``memory_allocated`` before the call, as ``measure_peak_bytes``.
+    CPU: the running sum of the profiler's ``[memory]`` events (allocations positive, frees negative; frees of
+    blocks allocated before the call are not reported, since the allocator did not see them allocated)."""
+    device = torch.device(device)
+    gc.collect()
+    if device.type == "cuda":
+        return _cuda_peak_bytes(fn, device)
+    if device.type != "cpu":
+        raise ValueError(f"no allocator-counted peak for device type {device.type!r}")
+    from torch.profiler import ProfilerActivity, profile
+
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _quiet_stderr():  # Kineto logs a line at start and at stop
+        prof.start()
+    try:
+        fn()
+    finally:
+        with _quiet_stderr():
+            prof.stop()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
+@contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """File descriptor 2 to /dev/null for the block (C++ logging writes there directly)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def available_memory_bytes(device: str | torch.device) -> int:
