@@ -236,7 +236,7 @@ def _front_end_attempt(preset: Path, directory: Path, attempt: int) -> tuple[lis
     Returns (planned configs, {front: {key: row}} or {front: reason}, {front: {key: independent ms}})."""
     from bench.sweep.presets import load_spec
     from bench.sweep.session import Sweep
-    from bench.sweep.store import RunStore
+    from bench.sweep.store import RunStore, first_per_key
 
     sweep = Sweep(load_spec(str(preset)), results_dir=directory, run_id=f"cli-{attempt}")
     seed = sweep.spec.seed
@@ -247,9 +247,8 @@ def _front_end_attempt(preset: Path, directory: Path, attempt: int) -> tuple[lis
     between = _independent_all(sweep.planned, seed)
     failure = _run_pytest_front_end(preset, directory, f"pytest-{attempt}")
     after = _independent_all(sweep.planned, seed)
-    fronts = {"python -m bench run": {r["key"]: r for r in RunStore(directory, f"cli-{attempt}").rows()},
-              "pytest bench/ --benchmark": failure or {r["key"]: r for r in RunStore(directory,
-                                                                                      f"pytest-{attempt}").rows()}}
+    fronts = {"python -m bench run": first_per_key(RunStore(directory, f"cli-{attempt}").rows()),
+              "pytest bench/ --benchmark": failure or first_per_key(RunStore(directory, f"pytest-{attempt}").rows())}
     brackets = {"python -m bench run": {k: (before[k], between[k]) for k in before},
                 "pytest bench/ --benchmark": {k: (between[k], after[k]) for k in before}}
     return sweep.planned, fronts, brackets

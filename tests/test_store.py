@@ -7,7 +7,7 @@ import pytest
 
 import bench.sweep.store as store_module
 from bench.record import Row
-from bench.sweep.store import MemoryStore, RunStore, merge_runs
+from bench.sweep.store import MemoryStore, RunStore, first_per_key, merge_runs
 
 
 def row(key, **extra):
@@ -118,3 +118,23 @@ def test_append_names_the_bad_column_and_value(tmp_path):
     with pytest.raises(ValueError, match="needs a 'key'"):
         store.append({"status": "ok"})
     assert store.rows() == []
+
+
+def test_first_per_key_keeps_the_first_row_of_each_key_in_first_seen_order():
+    rows = [row("a", status="ok"), row("b"), row("a", status="error"), row("c"), row("b", status="oom")]
+    kept = first_per_key(rows)
+    assert list(kept) == ["a", "b", "c"]
+    assert [r["status"] for r in kept.values()] == ["ok", "ok", "ok"]
+
+
+def test_every_reader_of_a_store_applies_the_one_rule(tmp_path):
+    store = RunStore(tmp_path, "r")
+    store.append(row("a", n=1024))
+    store.append(row("b"))
+    store.append(row("a", n=2048, status="error"))  # a second writer on the same run id
+    assert [(r["key"], r["n"]) for r in store.rows()] == [("a", 1024), ("b", 1)]
+    assert list(store.frame()["n"]) == [1024, 1] and list(store.frame()["status"]) == ["ok", "ok"]
+    memory = MemoryStore("m")
+    memory.append(row("a", n=1024))
+    memory.append(row("a", n=2048))
+    assert [r["n"] for r in memory.rows()] == [1024]

@@ -31,10 +31,11 @@ from bench.extrapolation.spec import TASK, ExtrapSpec, row_key
 from bench.measure.environment import collect_environment
 from bench.measure.memory import available_memory_bytes
 from bench.process import process_settings
+from bench.record import Row
 from bench.sweep.executor import classify_failure
 from bench.sweep.planner import parse_shard
 from bench.sweep.session import new_run_id
-from bench.sweep.store import RunStore
+from bench.sweep.store import RunStore, first_per_key
 
 
 def setup_distributed() -> torch.device | None:
@@ -110,8 +111,9 @@ class ExtrapolationRun:
         if self.rank == 0:
             self.store.append(row)
 
-    def _stored(self) -> dict[str, dict]:
-        return {row["key"]: row for row in self.store.rows()}
+    def _stored(self) -> dict[str, Row]:
+        """The run's stored rows by key (one per key: ``first_per_key``, as the store reads them)."""
+        return first_per_key(self.store.rows())
 
     def run_variant(self, name: str) -> None:
         """Train and evaluate every seed of one variant in this process, under the preset's thread count

@@ -80,8 +80,12 @@ class Sweep:
         self.run_id = self.store.run_id
         self.shard = parse_shard(shard)
         self.settings = timing_settings(spec)
-        self.rows: list[Row] = self.store.rows()
-        self.done = {row["key"] for row in self.rows}
+        self.rows: list[Row] = []
+        """The run's rows, one per key (``bench.sweep.store.first_per_key``): stored ones first, then this
+        session's."""
+        self.by_key: dict[str, Row] = {}
+        for row in self.store.rows():
+            self._keep(row)
         self.ceilings = self._ceilings(measure_ceilings_now)
         env = collect_environment(spec.device)
         env.update(ceilings=self.ceilings, preset=spec.as_dict(), shard=shard, run_id=self.run_id,
@@ -137,7 +141,7 @@ class Sweep:
 
     def pending(self) -> list[Planned]:
         """Planned configs without a row yet (all of them in a new run)."""
-        return [p for p in self.planned if p.config.key not in self.done]
+        return [p for p in self.planned if p.config.key not in self.by_key]
 
     def run_one(self, planned: Planned, timer: Timer | None = None) -> Row:
         """Decide, run (if it may), store and return the row of one planned config."""
@@ -145,8 +149,8 @@ class Sweep:
         if self.started is None:
             self.started = started
         config, variant = planned.config, planned.variant
-        if config.key in self.done:
-            return next(r for r in self.rows if r["key"] == config.key)
+        if config.key in self.by_key:
+            return self.by_key[config.key]
         measured: dict = {}
         status, reason = planned.status, planned.reason
         prediction = None
@@ -170,26 +174,24 @@ class Sweep:
         if "workload_s" in values:
             values["wall_s"] = time.perf_counter() - started
             values["overhead_s"] = max(0.0, values["wall_s"] - values["workload_s"])
-        row = self.store.append(values)
-        self.rows.append(row)
-        self.done.add(config.key)
-        return row
+        return self._keep(self.store.append(values))
 
     def add_rows(self, rows: list[Row]) -> None:
         """Take rows another process measured and stored (a torchrun rank): stored here as they are (that
         rank's store checked them), and seen by the planner's budget."""
         for row in rows:
-            if row["key"] in self.done:
-                continue
-            self.rows.append(self.store.append(row))
-            self.done.add(row["key"])
+            if row["key"] not in self.by_key:  # first_per_key: a key's first row stands
+                self._keep(self.store.append(row))
 
     def failed_row(self, planned: Planned, reason: str) -> Row:
         """The ``error`` row of a config whose run raised outside the executor (its rank failed), stored."""
-        row = self.store.append({**self._identity(planned), "status": "error", "reason": reason,
-                                 "finished_utc": _now()})
+        return self._keep(self.store.append({**self._identity(planned), "status": "error", "reason": reason,
+                                             "finished_utc": _now()}))
+
+    def _keep(self, row: Row) -> Row:
+        """Take a stored row into the session's view of the run."""
         self.rows.append(row)
-        self.done.add(planned.config.key)
+        self.by_key[row["key"]] = row
         return row
 
     def _identity(self, planned: Planned) -> dict:

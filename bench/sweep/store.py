@@ -25,6 +25,22 @@ FRAME_FILE = "results.csv"
 DEFAULT_RESULTS_DIR = Path("results")
 
 
+def first_per_key(rows: Iterable[Row]) -> dict[str, Row]:
+    """The one rule for rows that share a key: the first row of a key stands, later ones are dropped.
+    Returns {key: row} in the order the keys first appear.
+
+    Why the first: a store is append-only and a key that has a row is done (a resumed session skips it), so
+    within one run a second row of a key can only come from two sessions writing the same run at once, and the
+    first row is the one every later decision of the run (resume, the planner's predictions from smaller N)
+    was made from. Across runs (``merge_runs``) the order of the sources decides: the first source listed
+    wins. Every reader applies this rule: ``RunStore.rows`` (so the frame, the report, resume and the planner
+    see one row per key), ``MemoryStore.rows`` and ``merge_runs``."""
+    by_key: dict[str, Row] = {}
+    for row in rows:
+        by_key.setdefault(row["key"], row)
+    return by_key
+
+
 def check_row(values: Mapping[str, object]) -> Row:
     """The one check of a row on its way into a store: it needs a ``key``, and must fit ``bench.record``'s
     schema (``validate_row``, whose errors name the column and value). A ``Row`` passes as it is: a store
@@ -46,9 +62,9 @@ class RunStore:
         self.rows_path = self.path / ROWS_FILE
 
     def rows(self) -> list[Row]:
-        """All rows stored so far, parsed and not checked again (``append`` checked them). A line cut off by a
-        crash (only possible for a write that was killed) is skipped with a warning; the rows after it are
-        kept."""
+        """The rows stored so far, one per key (``first_per_key``), parsed and not checked again (``append``
+        checked them). A line cut off by a crash (only possible for a write that was killed) is skipped with a
+        warning; the rows after it are kept."""
         if not self.rows_path.exists():
             return []
         rows = []
@@ -60,7 +76,7 @@ class RunStore:
             except json.JSONDecodeError:
                 warnings.warn(f"{self.rows_path}:{number}: skipping a cut-off line (a run was killed mid-write)",
                               stacklevel=2)
-        return rows
+        return list(first_per_key(rows).values())
 
     def done_keys(self) -> set[str]:
         """Keys of the configs that already have a row (any status): a resumed run skips them."""
@@ -96,11 +112,8 @@ class RunStore:
         (self.path / ENVIRONMENT_FILE).write_text(json.dumps(record, indent=2, default=str))
 
     def frame(self) -> pd.DataFrame:
-        """The rows as a DataFrame typed by ``bench.record`` (one row per key: the last row wins)."""
-        frame = to_frame(self.rows())
-        if frame.empty:
-            return frame
-        return frame.drop_duplicates(subset="key", keep="last").reset_index(drop=True)
+        """The rows (one per key, ``first_per_key``) as a DataFrame typed by ``bench.record``."""
+        return to_frame(self.rows())
 
     def write_frame(self) -> Path:
         """Save the frame as results.csv and return its path."""
@@ -120,7 +133,8 @@ class MemoryStore:
         self._sessions: list[dict] = []
 
     def rows(self) -> list[Row]:
-        return list(self._rows)
+        """The rows kept so far, one per key (``first_per_key``)."""
+        return list(first_per_key(self._rows).values())
 
     def append(self, values: Mapping[str, object]) -> Row:
         """Keep one row, checked as ``RunStore.append`` checks it (rank 0 then stores it unchecked), and
@@ -139,25 +153,25 @@ class MemoryStore:
 def merge_runs(sources: Iterable[str | Path], results_dir: str | Path, run_id: str) -> RunStore:
     """Join the stores of several runs (e.g. shards of one sweep) into the run ``run_id``.
 
-    Rows keep their first occurrence per key; every source's environment sessions are kept, each tagged
-    with the run it came from.
+    Of rows that share a key the first source's stands (``first_per_key``); every source's environment
+    sessions are kept, each tagged with the run it came from.
     """
     merged = RunStore(results_dir, run_id)
     if merged.rows_path.exists() and merged.rows_path.stat().st_size:
         raise ValueError(f"merge target {merged.path} already has rows; choose a new run id")
-    seen: set[str] = set()
     source_paths = [Path(s) for s in sources]
     if not source_paths:
         raise ValueError("merge needs at least one source run directory")
+    stores = []
     for source in source_paths:
         if not (source / ROWS_FILE).exists():
             raise ValueError(f"{source} is not a run directory (no {ROWS_FILE})")
-        store = RunStore(source.parent, source.name)
-        for row in store.rows():
-            if row["key"] not in seen:
-                seen.add(row["key"])
-                merged.append(amend_row(row, run_id=run_id, source_run=source.name))
+        stores.append(RunStore(source.parent, source.name))
+    for row in first_per_key(amend_row(row, run_id=run_id, source_run=store.run_id)
+                             for store in stores for row in store.rows()).values():
+        merged.append(row)
+    for store in stores:
         for env in store.environment()["sessions"]:
-            merged.add_environment({**env, "source_run": source.name})
+            merged.add_environment({**env, "source_run": store.run_id})
     merged.write_frame()
     return merged
