@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from bench.extrapolation import noise
 from reports import analysis
 
 CONFIG = ["device_name", "pass", "dtype", "causal", "d", "heads", "batch", "n"]
@@ -75,13 +76,14 @@ def quality(frame: pd.DataFrame) -> pd.DataFrame:
     """Bits per byte of each extrapolation variant at the longest evaluation length every one of them
     reached, per (protocol, train length).
 
-    Columns: protocol, train_len, eval_len, variant, bits/byte (mean over seeds), SE (the rows' standard
-    error of that mean: sqrt(sum se_i^2) / seeds, from ``bits_per_byte_se`` or ``loss_se_nats`` / ln 2; NaN
-    when the rows have neither), seeds, seed sd (standard deviation over seeds, ddof 1; NaN with one seed),
-    error (the seed sd where there are several seeds, else the SE: the noise a reader should compare
-    differences with), vs train length and its SE (mean over seeds of ``bpb_vs_train_len``, the change from
-    the same model's bits per byte at the training length; NaN where the rows lack it). Sorted best first
-    within each (protocol, train length)."""
+    Columns: protocol, train_len, eval_len, variant, bits/byte (mean over seeds), SE (the rows' sampling
+    error, the mean of their ``bits_per_byte_se``, or ``loss_se_nats`` / ln 2: every seed is scored on the
+    same bytes, so averaging seeds does not shrink it; NaN when the rows have neither), seeds, seed sd
+    (standard deviation over seeds, ddof 1; NaN with one seed), error (the noise of the mean,
+    ``bench.extrapolation.noise.combined_noise``: sqrt(SE^2 + seed sd^2 / seeds), the one rule the run's own
+    table uses), vs train length and its SE (mean over seeds of ``bpb_vs_train_len``, the change from the same
+    model's bits per byte at the training length, and the mean of its paired SE; NaN where the rows lack it).
+    Sorted best first within each (protocol, train length)."""
     ok = analysis.ok_rows(frame, "extrapolation")
     if not analysis.has(ok, "variant", "eval_len", "bits_per_byte"):
         return pd.DataFrame()
@@ -106,14 +108,13 @@ def quality(frame: pd.DataFrame) -> pd.DataFrame:
             bpb = seeds["bits_per_byte"].astype(float)
             se = seeds["_se"].astype(float)
             sd = float(bpb.std(ddof=1)) if len(bpb) > 1 else math.nan
-            combined_se = math.sqrt(float((se**2).sum())) / len(se) if se.notna().all() else math.nan
+            sampling = float(se.mean()) if se.notna().all() else math.nan
             change, change_se = seeds["bpb_vs_train_len"], seeds["bpb_vs_train_len_se"]
             rows.append({"protocol": protocol, "train_len": train_len, "eval_len": int(length), "variant": variant,
-                         "bits/byte": float(bpb.mean()), "SE": combined_se, "seeds": len(bpb), "seed sd": sd,
-                         "error": sd if len(bpb) > 1 else combined_se,
+                         "bits/byte": float(bpb.mean()), "SE": sampling, "seeds": len(bpb), "seed sd": sd,
+                         "error": noise.combined_noise(sampling, sd, len(bpb)),
                          "vs train length": float(change.mean()) if change.notna().all() else math.nan,
-                         "vs train length SE": (math.sqrt(float((change_se**2).sum())) / len(change_se)
-                                                if change_se.notna().all() else math.nan)})
+                         "vs train length SE": float(change_se.mean()) if change_se.notna().all() else math.nan})
     out = pd.DataFrame(rows)
     if out.empty:
         return out

@@ -17,10 +17,11 @@ def _tokens(n: float) -> str:
 
 
 def _noise(row: pd.Series) -> str:
-    """'± 0.012 (seed sd over 3 seeds)' / '± 0.004 (SE)' / '(noise not measured: one seed, no SE)'."""
+    """'± 0.116 (3 seeds: seed sd 0.200, SE 0.010)' / '± 0.004 (standard error; one seed)' / '(noise not
+    measured: ...)'. The ± is the row's ``error``, the noise of the mean (``encodings.quality``)."""
     if row["seeds"] > 1 and not math.isnan(row["seed sd"]):
         se = f", SE {row['SE']:.3f}" if not math.isnan(row["SE"]) else ""
-        return f"± {row['seed sd']:.3f} (seed sd over {row['seeds']} seeds{se})"
+        return f"± {row['error']:.3f} ({row['seeds']} seeds: seed sd {row['seed sd']:.3f}{se})"
     if not math.isnan(row["SE"]):
         return f"± {row['SE']:.3f} (standard error; one seed)"
     return "(noise not measured: one seed and no standard error in the rows)"

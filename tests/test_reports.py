@@ -485,19 +485,21 @@ def test_quality_uses_the_rows_standard_error_and_the_seed_spread():
     unitary = found.loc["linear-lrpe-unitary@x"]
     assert unitary["eval_len"] == 512  # the longest length both variants reached, not softmax's 1024
     assert unitary["bits/byte"] == pytest.approx(2.2) and unitary["seeds"] == 3
-    assert unitary["seed sd"] == pytest.approx(0.2) and unitary["error"] == pytest.approx(0.2)
-    assert unitary["SE"] == pytest.approx(0.01 * math.sqrt(3) / 3)
+    # Seeds are scored on the same bytes: the sampling error is the rows' (0.01), not divided by the seeds,
+    # and the noise of the mean is sqrt(0.01^2 + 0.2^2 / 3) (bench.extrapolation.noise's one rule).
+    assert unitary["seed sd"] == pytest.approx(0.2) and unitary["SE"] == pytest.approx(0.01)
+    assert unitary["error"] == pytest.approx(math.sqrt(0.01**2 + 0.2**2 / 3))
     assert found.loc["softmax@y", "error"] == pytest.approx(0.05) and math.isnan(found.loc["softmax@y", "seed sd"])
     bare = encodings.quality(to_frame([_extrap_row("a@x", 512, 2.0), _extrap_row("b@x", 512, 2.5)]))
     assert bare["error"].isna().all()  # neither SE nor seeds: no noise, not a zero
     text = render_runs([Run(path=Path("/nowhere/x"), run_id="x", frame=frame, sessions=[])])
     findings = _section(text, "findings")
     assert unitary["vs train length"] == pytest.approx(0.1)
-    assert unitary["vs train length SE"] == pytest.approx(0.03 / math.sqrt(3))
-    assert ("best linear-lrpe-unitary@x 2.200 bits/byte ± 0.200 (seed sd over 3 seeds, SE 0.006), +0.100 ± 0.017 "
+    assert unitary["vs train length SE"] == pytest.approx(0.03)
+    assert ("best linear-lrpe-unitary@x 2.200 bits/byte ± 0.116 (3 seeds: seed sd 0.200, SE 0.010), +0.100 ± 0.03 "
             "over its own at the training length") in findings
     assert "worst softmax@y 3.000 ± 0.050 (standard error; one seed)" in findings
-    assert "the gap, 0.800 bits/byte, is 4.0 x the larger noise" in findings
+    assert "the gap, 0.800 bits/byte, is 6.9 x the larger noise" in findings
 
 
 def test_speed_against_quality_has_one_point_per_variant_and_the_pareto_front():
