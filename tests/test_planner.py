@@ -12,6 +12,7 @@ from bench.sweep.dryrun import dry_run, h100_estimate
 from bench.sweep.planner import (
     Budget,
     CallModel,
+    Measured,
     Planned,
     Prediction,
     parse_shard,
@@ -45,49 +46,49 @@ def budget(config_seconds=5.0, total_seconds=1e6, memory=2**40, tflops=None):
 
 def test_prediction_scales_by_complexity_and_names_the_figure():
     rows = [measured_row("softmax@naive", 1024, 100.0), measured_row("softmax@naive", 512, 30.0)]
-    reason, pred = budget().check(planned("softmax@naive", 4096), rows, elapsed_s=0)
+    reason, pred = budget().check(planned("softmax@naive", 4096), Measured(rows), elapsed_s=0)
     assert pred.seconds_per_call == pytest.approx(0.1 * 16)  # from the largest smaller N, time ~ N^2
     assert "predicted 11.2 s" in reason and "from N=1024" in reason and "per-config limit of 5 s" in reason
     reason, pred = budget().check(planned("linear@torch-chunked", 4096),
-                                  [measured_row("linear@torch-chunked", 1024, 100.0)], elapsed_s=0)
+                                  Measured([measured_row("linear@torch-chunked", 1024, 100.0)]), elapsed_s=0)
     assert pred.seconds_per_call == pytest.approx(0.4)  # linear: time ~ N
     assert reason is None
 
 
 def test_batch_raised_at_short_n_enters_the_prediction():
     rows = [measured_row("linear@torch-chunked", 1024, 10.0, batch=4)]
-    _, pred = budget().check(planned("linear@torch-chunked", 4096, batch=1), rows, elapsed_s=0)
+    _, pred = budget().check(planned("linear@torch-chunked", 4096, batch=1), Measured(rows), elapsed_s=0)
     assert pred.seconds_per_call == pytest.approx(0.01)  # batch x N constant: same work
 
 
 def test_memory_prediction_over_the_limit():
     rows = [measured_row("softmax@naive", 1024, 1.0, peak=2**30)]
-    reason, pred = budget(memory=8 * 2**30).check(planned("softmax@naive", 4096), rows, elapsed_s=0)
+    reason, pred = budget(memory=8 * 2**30).check(planned("softmax@naive", 4096), Measured(rows), elapsed_s=0)
     assert pred.peak_bytes == 16 * 2**30
     assert "predicted peak memory 16.00 GiB" in reason and "limit of 8.00 GiB" in reason
 
 
 def test_formula_floor_before_any_measurement():
     # 2 B H N^2 (2D) / 2 FLOPs at 1e-6 TFLOP/s: far over any limit although nothing was measured yet
-    reason, pred = budget(tflops=1e-6).check(planned("softmax@naive", 8192), [], elapsed_s=0)
+    reason, pred = budget(tflops=1e-6).check(planned("softmax@naive", 8192), Measured(), elapsed_s=0)
     assert pred.basis.startswith("FLOP formula")
     assert reason is not None and "per-config limit" in reason
     # the quadratic memory floor: one float32 N x N matrix per head
-    reason, pred = budget(memory=2**20).check(planned("softmax@naive", 8192), [], elapsed_s=0)
+    reason, pred = budget(memory=2**20).check(planned("softmax@naive", 8192), Measured(), elapsed_s=0)
     assert pred.peak_bytes == 4.0 * 4 * 8192**2
     assert "exceeds the limit" in reason
 
 
 def test_total_time_limit_and_failed_smaller_n():
     rows = [measured_row("linear@torch-chunked", 1024, 100.0)]
-    reason, _ = budget(total_seconds=10).check(planned("linear@torch-chunked", 2048), rows, elapsed_s=9.5)
+    reason, _ = budget(total_seconds=10).check(planned("linear@torch-chunked", 2048), Measured(rows), elapsed_s=9.5)
     assert "past its total limit of 10 s" in reason
     rows = [measured_row("softmax@naive", 2048, 0, status="oom")]
-    reason, _ = budget().check(planned("softmax@naive", 4096), rows, elapsed_s=0)
+    reason, _ = budget().check(planned("softmax@naive", 4096), Measured(rows), elapsed_s=0)
     assert reason == "N=2048 of this series was oom; a larger N needs more"
     # another series (other d) is not affected
     other = Planned(BenchConfig(variant="softmax@naive", n=4096, d=32), get_variant("softmax@naive"))
-    assert budget().check(other, rows, elapsed_s=0)[0] is None
+    assert budget().check(other, Measured(rows), elapsed_s=0)[0] is None
 
 
 def test_plan_marks_unsupported_and_unavailable_before_running():
@@ -131,7 +132,7 @@ def test_planner_predicts_from_the_smaller_n_measured_before_it_in_plan_order():
     spec = load_spec(str(TINY), overrides={"variants": "linear@torch-chunked", "n": "64,128,256"})
     rows = []
     for p in plan(spec):
-        _reason, pred = budget().check(p, rows, elapsed_s=0)
+        _reason, pred = budget().check(p, Measured(rows), elapsed_s=0)
         if rows:
             assert pred.basis.startswith(f"from N={rows[-1]['n']}")
         rows.append(measured_row(p.config.variant, p.config.n, 1.0 * p.config.n / 64) | {"d": p.config.d,
@@ -157,7 +158,7 @@ def test_flex_compile_time_enters_the_config_cost():
     p = Planned(BenchConfig(variant="flash@flex", n=1024, d=64, device="cuda"), get_variant("flash@flex"))
     seconds = budget().config_seconds(p, 0.001)
     assert seconds == pytest.approx(backend_of(p.variant).compile_seconds[("cuda", "fwd")] + 0.007)
-    reason = budget(config_seconds=5.0).decide(p, Prediction(0.001, None, "test"), [], elapsed_s=0)
+    reason = budget(config_seconds=5.0).decide(p, Prediction(0.001, None, "test"), Measured(), elapsed_s=0)
     assert reason is not None and "per-config limit of 5 s" in reason
 
 
@@ -201,25 +202,25 @@ def test_triton_jit_and_fla_autotune_count_once_against_the_total_limit():
     # The first config of a fused-kernel series pays the JIT: over a total limit its calls alone would fit.
     first = Planned(_cuda("linear-lrpe-orthogonal@triton", 4096), get_variant("linear-lrpe-orthogonal@triton"))
     tight = budget(total_seconds=jit / 2)
-    reason = tight.decide(first, pred, [], elapsed_s=0)
+    reason = tight.decide(first, pred, Measured(), elapsed_s=0)
     assert reason is not None and f"plus Triton JIT {jit:g} s (estimate)" in reason
-    assert budget(total_seconds=jit + 1).decide(first, pred, [], elapsed_s=0) is None
+    assert budget(total_seconds=jit + 1).decide(first, pred, Measured(), elapsed_s=0) is None
     # The next N of the series reuses the process's compiled kernels (they do not specialise on N).
     done = [{**_cuda("linear-lrpe-orthogonal@triton", 1024).as_row(), "status": "ok"}]
-    assert tight.decide(first, pred, done, elapsed_s=0) is None
-    assert tight.shared_compile_seconds(first, done) == (0.0, [])
+    assert tight.decide(first, pred, Measured(done), elapsed_s=0) is None
+    assert tight.shared_compile_seconds(first, Measured(done)) == (0.0, [])
     # Another D is another series: compiled again.
     wide = Planned(_cuda("linear-lrpe-orthogonal@triton", 4096, d=128), first.variant)
-    assert tight.shared_compile_seconds(wide, done)[0] == jit
+    assert tight.shared_compile_seconds(wide, Measured(done))[0] == jit
     # fla autotunes once per run and pass, whatever the variant or D; each series still compiles its choice.
     fla = Planned(_cuda("linear@fla", 4096, "fwd+bwd"), get_variant("linear@fla"))
-    assert budget().shared_compile_seconds(fla, [])[0] == autotune + fla_jit
+    assert budget().shared_compile_seconds(fla, Measured())[0] == autotune + fla_jit
     other_fla = [{**_cuda("linear-lrpe-orthogonal@fla", 1024, "fwd+bwd", d=128).as_row(), "status": "ok"}]
-    assert budget().shared_compile_seconds(fla, other_fla)[0] == fla_jit
+    assert budget().shared_compile_seconds(fla, Measured(other_fla))[0] == fla_jit
     not_ok = [{**other_fla[0], "status": "error"}]  # a config that failed compiled nothing to reuse
-    assert budget().shared_compile_seconds(fla, not_ok)[0] == autotune + fla_jit
+    assert budget().shared_compile_seconds(fla, Measured(not_ok))[0] == autotune + fla_jit
     # The per-config limit is for a config's calls: the shared compile does not make it over-budget.
-    assert budget(config_seconds=calls_s * 2).decide(fla, pred, [], elapsed_s=0) is None
+    assert budget(config_seconds=calls_s * 2).decide(fla, pred, Measured(), elapsed_s=0) is None
 
 
 def test_call_model_of_the_pytest_timer_counts_the_call_that_sizes_its_rounds():
@@ -242,5 +243,25 @@ def test_every_registered_variant_has_the_facts_the_planner_and_dry_run_need(pas
         estimate = h100_estimate(p)
         assert estimate.ms > 0 and estimate.peak_bytes > 0, name
         assert budget().config_seconds(p, estimate.ms / 1e3) > 0, name
-        assert budget().shared_compile_seconds(p, [])[0] >= 0, name
+        assert budget().shared_compile_seconds(p, Measured())[0] >= 0, name
         assert variant.flops(config) > 0, name
+
+
+def test_measured_indexes_each_row_once_and_leaves_other_tasks_out(monkeypatch):
+    import bench.sweep.planner as planner_module
+
+    indexed = []
+    real = planner_module._row_series_key
+    monkeypatch.setattr(planner_module, "_row_series_key", lambda row: indexed.append(row["n"]) or real(row))
+    speed = [measured_row("softmax@naive", n, n / 1024) for n in (256, 512, 1024)]
+    other = [measured_row("linear@torch-chunked", 1024, 1.0)]
+    # an extrapolation row shares the store but has no N: the planner must not read it
+    extrap = {"task": "extrapolation", "key": "extrapolation|softmax@naive|L64|128|sliding", "status": "ok",
+              "variant": "softmax@naive"}
+    measured = Measured([*speed, *other, extrap])
+    assert indexed == [256, 512, 1024, 1024]
+    assert [r["n"] for r in measured.series(planned("softmax@naive", 4096).config)] == [256, 512, 1024]
+    for n in (2048, 4096, 8192):  # checks read the index: no row is looked at again
+        _, pred = budget().check(planned("softmax@naive", n), measured, elapsed_s=0)
+        assert pred.basis.startswith("from N=1024")
+    assert len(indexed) == 4

@@ -17,7 +17,7 @@ import pandas as pd
 from bench.backend import ENCODINGS, HOUSEHOLDER_FACTOR
 from bench.measure.timing import DO_BENCH_FLUSH_BYTES, TIMER_DO_BENCH
 from bench.registry import backend_of
-from bench.sweep.planner import Budget, CallModel, Planned, Prediction, plan
+from bench.sweep.planner import Budget, CallModel, Measured, Planned, Prediction, plan
 from bench.sweep.presets import SweepSpec
 
 REF_TOKENS = 65536
@@ -82,7 +82,7 @@ def dry_run(spec: SweepSpec, device_model: str = "h100") -> pd.DataFrame:
     memory_limit = spec.limits.memory_bytes or int(spec.limits.memory_fraction * H100_MEMORY_BYTES)
     budget = Budget(spec.limits, calls=calls, memory_limit=memory_limit, matmul_tflops=None)
     elapsed = START_S + (20.0 if any(v.endswith("@flex") for v in spec.variants) else 0.0)
-    rows: list[dict] = []
+    measured = Measured()
     out = []
     for planned in plan(spec, probe=False):
         entry = {"key": planned.config.key, "variant": planned.config.variant, "family": planned.variant.family,
@@ -93,17 +93,17 @@ def dry_run(spec: SweepSpec, device_model: str = "h100") -> pd.DataFrame:
             est = h100_estimate(planned)
             ms = est.ms
             pred = Prediction(est.ms / 1e3, est.peak_bytes, f"{device_model} estimate from docs/anchors.md")
-            reason = budget.decide(planned, pred, rows, elapsed)
+            reason = budget.decide(planned, pred, measured, elapsed)
             if reason is None:
                 status = "ok"
                 # Triton JIT and fla autotune the first config of a series (or run) pays, as the planner counts
                 config_s = (budget.config_seconds(planned, est.ms / 1e3) + HARNESS_S_PER_CONFIG
-                            + budget.shared_compile_seconds(planned, rows)[0])
+                            + budget.shared_compile_seconds(planned, measured)[0])
                 n_calls = calls.total_calls(est.ms / 1e3)
                 elapsed += config_s
             else:
                 status = "over-budget"
-        rows.append({**planned.config.as_row(), "status": status})
+        measured.add({**planned.config.as_row(), "backend": planned.variant.backend, "status": status})
         out.append({**entry, "status": status, "predicted_ms": ms, "calls": n_calls,
                     "predicted_config_s": config_s, "elapsed_s": elapsed, "reason": reason})
     return pd.DataFrame(out)

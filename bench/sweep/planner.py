@@ -14,7 +14,7 @@ backend does once per series or run (its ``shared_compile``, estimates) count ag
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from bench.config import BenchConfig
@@ -130,6 +130,44 @@ class CallModel:
         return seconds_per_call * sum(calls.values()) + flushed * flushes
 
 
+class Measured:
+    """The rows of a run that the budget reads, indexed once as they arrive (``add``): speed rows by series
+    (``series_key``), and the groups with an ``ok`` row that shared compiles are counted by. A check reads only
+    its own series, where it used to rebuild a config from every stored row (quadratic in the run's size).
+    Rows of other tasks (extrapolation rows share the store) are not the planner's and are left out."""
+
+    def __init__(self, rows: Iterable[Mapping] = ()) -> None:
+        self._series: dict[tuple, list[Mapping]] = {}
+        self._compiled_runs: set[tuple] = set()
+        for row in rows:
+            self.add(row)
+
+    def add(self, row: Mapping) -> None:
+        """Index one stored row."""
+        if (row.get("task") or "speed") != "speed":
+            return
+        key = _row_series_key(row)
+        self._series.setdefault(key, []).append(row)
+        if row.get("status") == "ok":
+            # a row's backend column, or its variant's for rows without one; the same fact
+            backend = row.get("backend") or get_variant(row["variant"]).backend
+            self._compiled_runs.add((backend, row["device"], row["pass"]))
+
+    def series(self, config: BenchConfig) -> list[Mapping]:
+        """The rows of ``config``'s series (every N), in the order they were added."""
+        return self._series.get(series_key(config), [])
+
+    def compiled(self, scope: str, planned: Planned) -> bool:
+        """Whether an ``ok`` row already paid ``planned``'s shared compile of ``scope``: 'series' (an ok row of
+        its series) or 'run' (an ok row of its backend on its device and pass)."""
+        config = planned.config
+        if scope == "series":
+            return any(r.get("status") == "ok" for r in self.series(config))
+        if scope == "run":
+            return (planned.variant.backend, config.device, config.pass_) in self._compiled_runs
+        raise ValueError(f"shared compile scope must be 'series' or 'run', got {scope!r}")
+
+
 @dataclass(frozen=True)
 class Prediction:
     seconds_per_call: float | None
@@ -159,7 +197,7 @@ class Budget:
         fixed = backend_of(planned.variant).compile_seconds.get((config.device, config.pass_), 0.0)
         return self.calls.seconds(seconds_per_call) + fixed
 
-    def shared_compile_seconds(self, planned: Planned, measured: list[dict]) -> tuple[float, list[str]]:
+    def shared_compile_seconds(self, planned: Planned, measured: Measured) -> tuple[float, list[str]]:
         """(seconds, what) of the ``Backend.shared_compile`` work ``planned`` pays: the entries of its backend whose
         group (its series, or the whole run for the same pass) has no ``ok`` row in ``measured`` yet. A resumed
         run's earlier rows count as compiled, though a new process compiles again (a known under-count)."""
@@ -167,18 +205,15 @@ class Budget:
         entries = backend_of(planned.variant).shared_compile.get((config.device, config.pass_), ())
         seconds, what = 0.0, []
         for entry in entries:
-            if not any(r.get("status") == "ok" and _same_group(entry.scope, _row_config(r), config)
-                       for r in measured):
+            if not measured.compiled(entry.scope, planned):
                 seconds += entry.seconds
                 what.append(f"{entry.what} {entry.seconds:g} s (estimate)")
         return seconds, what
 
-    def predict(self, planned: Planned, measured: list[dict]) -> Prediction:
+    def predict(self, planned: Planned, measured: Measured) -> Prediction:
         """Per-call seconds and peak bytes of ``planned`` from ``measured`` rows of smaller N (same series)."""
         config, variant = planned.config, planned.variant
-        key = series_key(config)
-        smaller = [r for r in measured if r.get("status") == "ok" and r["n"] < config.n
-                   and series_key(_row_config(r)) == key]
+        smaller = [r for r in measured.series(config) if r.get("status") == "ok" and r["n"] < config.n]
         time_exp = EXPONENT[variant.time_complexity]
         mem_exp = EXPONENT[variant.memory_complexity]
         flops = planned.flops if planned.flops is not None else variant.flops(config)
@@ -202,15 +237,15 @@ class Budget:
                  f"memory ~ N^{mem_exp}")
         return Prediction(seconds, peak, basis)
 
-    def check(self, planned: Planned, measured: list[dict], elapsed_s: float) -> tuple[str | None, Prediction]:
+    def check(self, planned: Planned, measured: Measured, elapsed_s: float) -> tuple[str | None, Prediction]:
         """(reason, prediction): reason is None when the config fits the limits."""
         pred = self.predict(planned, measured)
         return self.decide(planned, pred, measured, elapsed_s), pred
 
-    def decide(self, planned: Planned, pred: Prediction, measured: list[dict], elapsed_s: float) -> str | None:
+    def decide(self, planned: Planned, pred: Prediction, measured: Measured, elapsed_s: float) -> str | None:
         """Why ``planned`` with prediction ``pred`` must not run after ``elapsed_s`` seconds, or None."""
-        failed = [r for r in measured if r.get("status") in ("oom", "over-budget") and r["n"] < planned.config.n
-                  and series_key(_row_config(r)) == series_key(planned.config)]
+        failed = [r for r in measured.series(planned.config)
+                  if r.get("status") in ("oom", "over-budget") and r["n"] < planned.config.n]
         if failed:
             first = min(failed, key=lambda r: r["n"])
             return f"N={first['n']} of this series was {first['status']}; a larger N needs more"
@@ -235,16 +270,6 @@ class Budget:
         return None
 
 
-def _same_group(scope: str, done: BenchConfig, config: BenchConfig) -> bool:
-    """Whether ``done`` already paid the shared compile of ``scope`` that ``config`` needs."""
-    if scope == "series":
-        return series_key(done) == series_key(config)
-    if scope == "run":
-        return (get_variant(done.variant).backend, done.device, done.pass_) == \
-            (get_variant(config.variant).backend, config.device, config.pass_)
-    raise ValueError(f"shared compile scope must be 'series' or 'run', got {scope!r}")
-
-
-def _row_config(row: dict) -> BenchConfig:
-    return BenchConfig(variant=row["variant"], n=row["n"], d=row["d"], batch=row["batch"], heads=row["heads"],
-                       dtype=row["dtype"], causal=bool(row["causal"]), pass_=row["pass"], device=row["device"])
+def _row_series_key(row: Mapping) -> tuple:
+    """``series_key`` of the config a stored speed row measured, read from its columns."""
+    return (row["variant"], row["device"], row["dtype"], row["pass"], bool(row["causal"]), row["d"], row["heads"])

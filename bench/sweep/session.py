@@ -22,7 +22,7 @@ from bench.measure.timing import DO_BENCH_FLUSH_BYTES, TimingSettings, cuda_time
 from bench.process import process_settings
 from bench.record import Row
 from bench.sweep.executor import Executor, Timer
-from bench.sweep.planner import Budget, CallModel, Planned, parse_shard, plan
+from bench.sweep.planner import Budget, CallModel, Measured, Planned, parse_shard, plan
 from bench.sweep.presets import SweepSpec
 from bench.sweep.store import DEFAULT_RESULTS_DIR, MemoryStore, RunStore
 
@@ -84,6 +84,8 @@ class Sweep:
         """The run's rows, one per key (``bench.sweep.store.first_per_key``): stored ones first, then this
         session's."""
         self.by_key: dict[str, Row] = {}
+        self.measured = Measured()
+        """The rows indexed for the planner's budget."""
         for row in self.store.rows():
             self._keep(row)
         self.ceilings = self._ceilings(measure_ceilings_now)
@@ -155,7 +157,7 @@ class Sweep:
         status, reason = planned.status, planned.reason
         prediction = None
         if status is None:
-            reason, prediction = self.budget.check(planned, self.rows, self.elapsed_s())
+            reason, prediction = self.budget.check(planned, self.measured, self.elapsed_s())
             status = "over-budget" if reason else None
         if status is None and variant.precheck:
             reason = self.precheck(planned)
@@ -192,6 +194,7 @@ class Sweep:
         """Take a stored row into the session's view of the run."""
         self.rows.append(row)
         self.by_key[row["key"]] = row
+        self.measured.add(row)
         return row
 
     def _identity(self, planned: Planned) -> dict:
