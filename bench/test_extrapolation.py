@@ -49,12 +49,13 @@ def _spec(config: pytest.Config):
 
 
 def _variants(config: pytest.Config) -> list[str]:
-    """The spec's variants this shard runs (as ``ExtrapolationRun`` selects them)."""
+    """The variants of the trainings this shard runs (``bench.extrapolation.run.tasks``, as
+    ``ExtrapolationRun`` selects them)."""
+    from bench.extrapolation.run import tasks
     from bench.sweep.planner import parse_shard
 
-    variants = _spec(config).variants
     shard = parse_shard(config.getoption("shard"))
-    return [v for i, v in enumerate(variants) if shard is None or i % shard[1] == shard[0] - 1]
+    return list(dict.fromkeys(variant for variant, _ in tasks(_spec(config), shard)))
 
 
 def _run(config: pytest.Config):

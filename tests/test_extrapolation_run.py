@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.extrapolation.run import ExtrapolationRun
+from bench.extrapolation.run import ExtrapolationRun, tasks
 from bench.extrapolation.spec import load_extrap_spec, row_key
 from bench.extrapolation.table import extrapolation_table
+from bench.sweep.planner import parse_shard, take_shard
 
 BIG = 2**17  # softmax's explicit scores at this length need 2 x BIG^2 x 4 bytes = 137 GB: an allocation error
 
@@ -96,3 +97,16 @@ def test_a_variant_the_registry_declares_non_causal_or_without_float32_is_unsupp
     reasons = dict(zip(frame["variant"], frame["reason"], strict=False))
     assert "causal=True not supported" in reasons["linear@torch-chunked"]
     assert "dtype 'float32' not supported" in reasons["softmax@naive"]
+
+
+def test_a_shard_is_every_nth_variant_seed_training_by_the_sweeps_rule() -> None:
+    spec = load_extrap_spec("extrap-quick", variants="linear@torch-chunked,softmax@naive,softmax-rope@naive",
+                            seeds=2)
+    every = tasks(spec)
+    assert every == [(v, s) for v in spec.variants for s in spec.seeds]  # preset order, seeds inner
+    parts = [tasks(spec, parse_shard(f"{i}/4")) for i in (1, 2, 3, 4)]
+    assert sorted(t for part in parts for t in part) == sorted(every)  # each training in exactly one shard
+    assert parts[1] == [every[1], every[5]] == take_shard(every, (2, 4))
+    first, second = spec.seeds
+    assert parts[0] == [(spec.variants[0], first), (spec.variants[2], first)]
+    assert (spec.variants[0], second) in parts[1]  # a variant's seeds may run on different shards

@@ -18,6 +18,7 @@ from bench.sweep.planner import (
     parse_shard,
     plan,
     repeats_for,
+    take_shard,
 )
 from bench.sweep.presets import Limits, load_spec
 
@@ -182,6 +183,15 @@ def test_shards_partition_the_plan():
     parts = [[p.config.key for p in plan(spec, parse_shard(f"{i}/3"))] for i in (1, 2, 3)]
     assert sorted(key for part in parts for key in part) == sorted(full)
     assert all(set(a).isdisjoint(b) for a in parts for b in parts if a is not b)
+
+
+def test_take_shard_deals_tasks_round_robin_and_none_keeps_all():
+    tasks = list("abcdefg")
+    assert take_shard(tasks, None) == tasks
+    assert take_shard(tasks, (1, 3)) == ["a", "d", "g"]
+    assert take_shard(tasks, (3, 3)) == ["c", "f"]
+    assert take_shard(tasks, (2, 8)) == ["b"]  # more shards than tasks: some are empty
+    assert take_shard(tasks, (8, 8)) == []
 
 
 @pytest.mark.parametrize("text", ["0/2", "3/2", "1-2", "a/b", "1/0"])

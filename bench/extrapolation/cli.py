@@ -31,7 +31,8 @@ def add_extrapolate_options(add) -> None:
     add("--run-id", dest="run_id", default=None, help="name of the run; an existing one is resumed")
     add("--results-dir", dest="results_dir", default=None,
         help=f"where runs are stored (default {DEFAULT_RESULTS_DIR}/)")
-    add("--shard", default=None, help="i/n: every n-th variant starting at the i-th (1-based)")
+    add("--shard", default=None, help="i/n: every n-th (variant, seed) training starting at the i-th (1-based); "
+        "with one seed, every n-th variant")
     add("--no-progress", dest="no_progress", action="store_true", default=False, help="no progress bar")
 
 
@@ -53,10 +54,10 @@ def run_extrapolate(args: argparse.Namespace) -> int:
     run = ExtrapolationRun(spec, results_dir=args.results_dir or DEFAULT_RESULTS_DIR, run_id=args.run_id,
                            shard=args.shard, progress=False if args.no_progress else None)
     if run.rank == 0:
-        print(f"run {run.run_id}: preset {spec.name} on {run.device}, {len(run.variants)} variants x "
-              f"{len(spec.seeds)} seed(s), {run.workers} worker(s) of {spec.threads or torch_threads()} thread(s), "
-              f"corpus {run.corpus.name}, train length {spec.train.train_len}, eval lengths "
-              f"{list(spec.eval.lengths)}", file=sys.stderr)
+        print(f"run {run.run_id}: preset {spec.name} on {run.device}, {len(run.tasks)} training(s) of "
+              f"{len(run.variants)} variant(s), seeds {list(spec.seeds)}, {run.workers} worker(s) of "
+              f"{spec.threads or torch_threads()} thread(s), corpus {run.corpus.name}, train length "
+              f"{spec.train.train_len}, eval lengths {list(spec.eval.lengths)}", file=sys.stderr)
     started = time.perf_counter()
     store = run.run()
     if run.rank != 0:

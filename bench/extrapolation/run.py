@@ -33,7 +33,7 @@ from bench.measure.memory import available_memory_bytes
 from bench.process import process_settings
 from bench.record import Row
 from bench.sweep.executor import classify_failure
-from bench.sweep.planner import parse_shard
+from bench.sweep.planner import parse_shard, take_shard
 from bench.sweep.session import new_run_id
 from bench.sweep.store import RunStore, first_per_key
 
@@ -75,9 +75,10 @@ class ExtrapolationRun:
         self.store = RunStore(results_dir, run_id or new_run_id())
         self.run_id = self.store.run_id
         self.progress = progress
-        selected = parse_shard(shard)
-        self.variants = [v for i, v in enumerate(spec.variants) if selected is None
-                         or i % selected[1] == selected[0] - 1]
+        self.tasks = tasks(spec, parse_shard(shard))
+        """(variant, seed) of every training this session runs (its shard's)."""
+        self.variants = list(dict.fromkeys(variant for variant, _ in self.tasks))
+        """The variants of those trainings, in preset order."""
         # Worker processes on a CPU only: on a GPU they would share one device, and under DDP the ranks are
         # the parallelism.
         self.workers = spec.workers if self.device.type == "cpu" and not dist.is_initialized() else 1
@@ -97,9 +98,6 @@ class ExtrapolationRun:
 
     # ---- jobs -----------------------------------------------------------------------------------------
 
-    def jobs(self) -> list[tuple[str, int]]:
-        """(variant, seed) of every training this session runs, variants in preset order, seeds inner."""
-        return [(v, s) for v in self.variants for s in self.spec.seeds]
 
     def _job(self, variant: str, seed: int, stored: dict[str, dict], **hooks) -> TrainingJob:
         return TrainingJob(self.spec, variant, seed, run_dir=self.store.path, run_id=self.run_id,
@@ -116,10 +114,10 @@ class ExtrapolationRun:
         return first_per_key(self.store.rows())
 
     def run_variant(self, name: str) -> None:
-        """Train and evaluate every seed of one variant in this process, under the preset's thread count
-        (restored afterwards, so a pytest session's speed sweep keeps its own)."""
+        """Train and evaluate every seed of one variant that this session runs, in this process, under the
+        preset's thread count (restored afterwards, so a pytest session's speed sweep keeps its own)."""
         with process_settings(threads=self.spec.threads):
-            for seed in self.spec.seeds:
+            for seed in [s for v, s in self.tasks if v == name]:
                 self._job(name, seed, self._stored(), progress=self.progress).run()
                 if dist.is_initialized():
                     dist.barrier()
@@ -128,7 +126,7 @@ class ExtrapolationRun:
 
     def run(self) -> RunStore:
         stored = self._stored()
-        pending = [job for job in self.jobs() if not _finished(self.spec, job, stored)]
+        pending = [task for task in self.tasks if not _finished(self.spec, task, stored)]
         if self.workers > 1 and len(pending) > 1:
             self._run_in_workers(pending, stored)
         else:
@@ -192,6 +190,13 @@ class ExtrapolationRun:
             info = json.loads(info_path.read_text())
             bar.write(f"{variant} seed {seed}: trained {info['steps']} steps in {info['train_wall_s']:.0f} s, "
                       f"validation {info['val_bits_per_byte']:.3f} bits/byte", file=sys.stderr)
+
+
+def tasks(spec: ExtrapSpec, shard: tuple[int, int] | None = None) -> list[tuple[str, int]]:
+    """(variant, seed) of every training of ``spec`` in ``shard`` (``bench.sweep.planner.take_shard``, the
+    sweep's rule; a training with its evaluations is the extrapolation's unit of work): variants in preset
+    order, seeds inner."""
+    return take_shard([(v, s) for v in spec.variants for s in spec.seeds], shard)
 
 
 def _finished(spec: ExtrapSpec, job: tuple[str, int], stored: dict[str, dict]) -> bool:

@@ -1,7 +1,8 @@
 """A sweep across processes under torchrun: ``torchrun --nproc-per-node K -m bench run ...``.
 
 Every rank plans the same sweep. Configs run level by level in N (the plan's interleaved order): at each N the
-configs still pending are dealt round-robin to the ranks, each rank runs its share on its own device
+configs still pending are dealt round-robin to the ranks (``bench.sweep.planner.take_shard``, the rule of
+``--shard``), each rank runs its share on its own device
 (``cuda:LOCAL_RANK``; on a CPU, its share of the cores), and the rows travel to every rank over
 torch.distributed (gloo: rows are small Python objects, and gloo needs no GPU and no shared filesystem). Rank 0
 alone writes the store, and after the last N the frame and the report; the other ranks keep their rows in
@@ -22,6 +23,7 @@ import torch.distributed as dist
 
 from bench.process import process_settings
 from bench.sweep.executor import describe
+from bench.sweep.planner import take_shard
 from bench.sweep.presets import SweepSpec
 from bench.sweep.session import Sweep, new_run_id
 from bench.sweep.store import MemoryStore
@@ -88,7 +90,7 @@ def _run_rank(spec: SweepSpec, rank: int, size: int, *, results_dir: str | Path,
         for n in sorted({p.config.n for p in sweep.planned}):
             level = [p for p in sweep.pending() if p.config.n == n]
             mine = []
-            for planned in level[rank::size]:
+            for planned in take_shard(level, (rank + 1, size)):
                 try:
                     mine.append(sweep.run_one(planned))
                 except Exception as exc:  # the rank failed outside the executor: a row with the reason

@@ -14,8 +14,9 @@ backend does once per series or run (its ``shared_compile``, estimates) count ag
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from bench.config import BenchConfig
 from bench.measure.timing import (
@@ -37,6 +38,7 @@ PYTEST_TIMER_PREFIX = "pytest-benchmark:"
 """``timer`` values of the pytest front end, whose rounds are sized from a call after the first."""
 MEMORY_PASS_CALLS = 1
 """Calls of the peak-memory pass (bench.measure.memory.measure_peak_bytes)."""
+Task = TypeVar("Task")
 
 @dataclass(frozen=True)
 class Planned:
@@ -64,16 +66,30 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return index, count
 
 
+def take_shard(tasks: Sequence[Task], shard: tuple[int, int] | None) -> list[Task]:
+    """The tasks of ``shard`` (i, n): every n-th of ``tasks`` in their order, starting at the i-th (1-based);
+    all of them for None. The one rule that splits work between processes, applied to each pipeline's unit:
+
+    - a sweep's task is one config (``plan``, over the plan's order, interleaved by N, so every shard gets
+      every family at every N), and a torchrun rank takes its share of the configs pending at one N the same
+      way (rank r is shard r + 1 of the world size, ``bench.sweep.distributed``): configs are measured
+      independently of each other;
+    - an extrapolation's task is one (variant, seed) training and its evaluation at every length and
+      protocol (``bench.extrapolation.run.tasks``): the evaluations need the trained model, so splitting
+      them from their training would train it again on every shard that evaluates it.
+    """
+    if shard is None:
+        return list(tasks)
+    index, count = shard
+    return list(tasks[index - 1 :: count])
+
+
 def plan(spec: SweepSpec, shard: tuple[int, int] | None = None, *, probe: bool = True) -> list[Planned]:
     """Every config of ``spec`` (every n-th of them for a shard) in the spec's order, with unavailable and
     unsupported decided. ``probe=False`` (a dry run for another machine) skips this machine's availability
     probes and the backends' own support checks, keeping only the registry's device, dtype and causal lists."""
-    configs = spec.configs()
-    if shard is not None:
-        index, count = shard
-        configs = configs[index - 1 :: count]
     planned = []
-    for config in configs:
+    for config in take_shard(spec.configs(), shard):
         variant = get_variant(config.variant)
         # unavailable, unsupported, or error when a probe raised; for another machine only what is declared
         verdict = variant.verdict(config) if probe else variant.declared_verdict(config)
