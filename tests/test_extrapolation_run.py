@@ -20,8 +20,11 @@ def test_bad_input_names_the_value() -> None:
         load_extrap_spec("extrap-quick", lengths="64,128")
     with pytest.raises(ValueError, match="'linear-nope@somewhere'"):
         load_extrap_spec("extrap-quick", variants="linear-nope@somewhere")
-    with pytest.raises(ValueError, match="'extrap-huge'"):
+    with pytest.raises(ValueError, match=r"preset must be one of \[.*'extrap-quick'.*\].*got 'extrap-huge'"):
         load_extrap_spec("extrap-huge")
+    with pytest.raises(ValueError, match="device must be cpu, cuda or auto, got 'gpu'"):
+        load_extrap_spec("extrap-quick", device="gpu")
+    assert load_extrap_spec(device="cpu").name == "extrap-quick"  # the default follows the device asked for
     spec = load_extrap_spec("extrap-quick")
     assert spec.eval.lengths[-1] >= 16 * spec.train.train_len  # the reach, at least
 

@@ -15,6 +15,7 @@ from bench.sweep.planner import (
     Measured,
     Planned,
     Prediction,
+    first_stop,
     parse_shard,
     plan,
     repeats_for,
@@ -275,3 +276,11 @@ def test_measured_indexes_each_row_once_and_leaves_other_tasks_out(monkeypatch):
         _, pred = budget().check(planned("softmax@naive", n), measured, elapsed_s=0)
         assert pred.basis.startswith("from N=1024")
     assert len(indexed) == 4
+
+
+def test_first_stop_is_the_shortest_oom_or_over_budget_length_of_a_series():
+    rows = [{"n": 1024, "status": "ok"}, {"n": 4096, "status": "over-budget"}, {"n": 2048, "status": "oom"},
+            {"n": 512, "status": "error"}]
+    assert first_stop(rows, "n") == {"n": 2048, "status": "oom"}
+    assert first_stop(rows[:1] + rows[3:], "n") is None  # an error says nothing about longer lengths
+    assert first_stop([{"eval_len": 256, "status": "over-budget"}], "eval_len")["eval_len"] == 256

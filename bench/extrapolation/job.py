@@ -45,6 +45,7 @@ from bench.extrapolation.train import train
 from bench.measure.memory import MemoryMeasurementUnavailable, measure_peak_bytes, release_memory
 from bench.registry import get_variant
 from bench.sweep.executor import classify_failure
+from bench.sweep.planner import first_stop
 from bench.variant import AttentionSpec, Variant
 
 SCORES_FILE = "scores.json"
@@ -295,8 +296,10 @@ class TrainingJob:
                      quadratic_time: bool, quadratic_memory: bool) -> str | None:
         if previous is None:
             return None
-        if previous["status"] in ("oom", "over-budget"):
-            return f"length {previous['eval_len']} of this series was {previous['status']}"
+        # the sweep's rule; the previous length suffices: after a stop every length is over-budget
+        stop = first_stop([previous], "eval_len")
+        if stop is not None:
+            return f"length {stop['eval_len']} of this series was {stop['status']}"
         if previous["status"] != "ok" or previous.get("eval_wall_s") is None:
             return None
         m, ps = previous["eval_len"], previous["stride"]

@@ -13,19 +13,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import tomllib
-import torch
 
 from bench.extrapolation.evaluate import PROTOCOLS
 from bench.extrapolation.model import ModelConfig
 from bench.extrapolation.train import TrainConfig
 from bench.registry import get_variant
+from bench.sweep.presets import find_preset, resolve_device
+from bench.sweep.presets import preset_names as sweep_preset_names
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 TASK = "extrapolation"
 
 
 def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+    """The extrapolation presets' names (``bench/extrapolation/presets``)."""
+    return sweep_preset_names(PRESET_DIR)
 
 
 @dataclass(frozen=True)
@@ -93,17 +95,15 @@ def load_extrap_spec(preset: str | None = None, *, device: str | None = None, va
                      lengths: str | None = None, steps: int | None = None, corpus: str | None = None,
                      seed: int | None = None, seeds: int | None = None, threads: int | None = None,
                      workers: int | None = None) -> ExtrapSpec:
-    """The preset (a name in ``presets/`` or a .toml path; default extrap-quick on CPU, extrap-full with
-    CUDA) with overrides. ``seed`` is the first seed, ``seeds`` how many (seed, seed + 1, ...). Raises
-    ValueError naming an unknown preset, variant, protocol, an eval length below the train length, or a count
-    below 1."""
+    """The preset (a name in ``presets/`` or a .toml path, found as the sweep finds its presets; default
+    extrap-quick on CPU, extrap-full on CUDA, the device chosen as the sweep chooses it) with overrides.
+    ``seed`` is the first seed, ``seeds`` how many (seed, seed + 1, ...). Raises ValueError naming an unknown
+    preset, device, variant, protocol, an eval length below the train length, or a count below 1."""
     for name, value in (("seeds", seeds), ("threads", threads), ("workers", workers), ("steps", steps)):
         _positive(name, value)
     if preset is None:
-        preset = "extrap-full" if torch.cuda.is_available() else "extrap-quick"
-    path = Path(preset) if str(preset).endswith(".toml") else PRESET_DIR / f"{preset}.toml"
-    if not path.is_file():
-        raise ValueError(f"unknown extrapolation preset {preset!r}; names: {preset_names()} or a .toml path")
+        preset = "extrap-full" if resolve_device(device) == "cuda" else "extrap-quick"
+    path = find_preset(preset, PRESET_DIR)
     raw = tomllib.loads(path.read_text())
     train_raw = dict(raw["train"])
     impl = train_raw.pop("linear_impl", None)
@@ -137,9 +137,7 @@ def load_extrap_spec(preset: str | None = None, *, device: str | None = None, va
         names = [v.name for v in select_variants(variants)]
     for name in names:
         get_variant(name)
-    resolved_device = device or raw.get("device", "auto")
-    if resolved_device == "auto":
-        resolved_device = "cuda" if torch.cuda.is_available() else "cpu"
+    resolved_device = resolve_device(device if device is not None else raw.get("device", "auto"))
     count = seeds if seeds is not None else raw.get("seeds", 1)
     _positive("seeds", count)
     spec = ExtrapSpec(name=raw.get("name", path.stem), device=resolved_device,

@@ -39,6 +39,8 @@ PYTEST_TIMER_PREFIX = "pytest-benchmark:"
 MEMORY_PASS_CALLS = 1
 """Calls of the peak-memory pass (bench.measure.memory.measure_peak_bytes)."""
 Task = TypeVar("Task")
+STOPPING_STATUSES = ("oom", "over-budget")
+"""Statuses after which every longer length of a series is over-budget (``first_stop``)."""
 
 @dataclass(frozen=True)
 class Planned:
@@ -100,6 +102,15 @@ def plan(spec: SweepSpec, shard: tuple[int, int] | None = None, *, probe: bool =
 def series_key(config: BenchConfig) -> tuple:
     """Configs that differ only in N (and the batch tied to it) form a series."""
     return (config.variant, config.device, config.dtype, config.pass_, config.causal, config.d, config.heads)
+
+
+def first_stop(smaller: Iterable[Mapping], length: str) -> Mapping | None:
+    """The rule both budgets (the sweep's ``Budget`` and the extrapolation's, ``bench.extrapolation.job``) apply
+    before any prediction: once a length of a series ran out of memory or was over budget, every longer length
+    of it is over-budget too, since it needs more. Returns the shortest such row of ``smaller`` (rows of the
+    series at shorter lengths, the length in column ``length``), None when there is none."""
+    stops = [r for r in smaller if r.get("status") in STOPPING_STATUSES]
+    return min(stops, key=lambda r: r[length]) if stops else None
 
 
 def repeats_for(settings: TimingSettings, seconds_per_call: float) -> int:
@@ -260,10 +271,8 @@ class Budget:
 
     def decide(self, planned: Planned, pred: Prediction, measured: Measured, elapsed_s: float) -> str | None:
         """Why ``planned`` with prediction ``pred`` must not run after ``elapsed_s`` seconds, or None."""
-        failed = [r for r in measured.series(planned.config)
-                  if r.get("status") in ("oom", "over-budget") and r["n"] < planned.config.n]
-        if failed:
-            first = min(failed, key=lambda r: r["n"])
+        first = first_stop((r for r in measured.series(planned.config) if r["n"] < planned.config.n), "n")
+        if first is not None:
             return f"N={first['n']} of this series was {first['status']}; a larger N needs more"
         if pred.peak_bytes is not None and pred.peak_bytes > self.memory_limit:
             return (f"predicted peak memory {pred.peak_bytes / 2**30:.2f} GiB ({pred.basis}) exceeds the "

@@ -19,8 +19,9 @@ PRESET_DIR = Path(__file__).resolve().parents[1] / "presets"
 SIZE_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
 
-def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+def preset_names(directory: Path = PRESET_DIR) -> list[str]:
+    """The names of the presets in ``directory`` (the sweep's by default)."""
+    return sorted(p.stem for p in directory.glob("*.toml"))
 
 
 def parse_bytes(text: str | int) -> int:
@@ -95,14 +96,18 @@ class SweepSpec:
         }
 
 
-def _preset_path(name_or_path: str) -> Path:
+def find_preset(name_or_path: str, directory: Path = PRESET_DIR) -> Path:
+    """The preset file of a name in ``directory`` (the sweep's presets by default; the extrapolation's are in
+    ``bench/extrapolation/presets``) or of a path to a .toml file. Raises ValueError naming the value and the
+    names there are."""
     path = Path(name_or_path)
-    if path.suffix == ".toml" and path.exists():
+    if path.suffix == ".toml" and path.is_file():
         return path
-    candidate = PRESET_DIR / f"{name_or_path}.toml"
-    if candidate.exists():
+    candidate = directory / f"{name_or_path}.toml"
+    if candidate.is_file():
         return candidate
-    raise ValueError(f"preset must be one of {preset_names()} or a path to a .toml file, got {name_or_path!r}")
+    raise ValueError(f"preset must be one of {preset_names(directory)} or a path to a .toml file, "
+                     f"got {name_or_path!r}")
 
 
 def default_preset(device: str) -> str:
@@ -111,7 +116,8 @@ def default_preset(device: str) -> str:
 
 
 def resolve_device(text: str | None) -> str:
-    """'auto' (or None) -> 'cuda' when a GPU is visible, else 'cpu'."""
+    """'auto' (or None) -> 'cuda' when a GPU is visible, else 'cpu'; the device choice of sweeps and
+    extrapolation runs alike. Raises ValueError for anything but cpu, cuda or auto."""
     import torch
 
     if text in (None, "auto"):
@@ -133,7 +139,7 @@ def load_spec(preset: str | None = None, *, device: str | None = None, overrides
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if preset is None:
         preset = default_preset(resolve_device(device))
-    path = _preset_path(preset)
+    path = find_preset(preset)
     data = tomllib.loads(path.read_text())
     resolved_device = resolve_device(device if device is not None else data.get("device", "auto"))
 
