@@ -16,6 +16,7 @@ from bench.sweep.planner import (
     Planned,
     Prediction,
     first_stop,
+    memory_limit,
     parse_shard,
     plan,
     repeats_for,
@@ -284,3 +285,12 @@ def test_first_stop_is_the_shortest_oom_or_over_budget_length_of_a_series():
     assert first_stop(rows, "n") == {"n": 2048, "status": "oom"}
     assert first_stop(rows[:1] + rows[3:], "n") is None  # an error says nothing about longer lengths
     assert first_stop([{"eval_len": 256, "status": "over-budget"}], "eval_len")["eval_len"] == 256
+
+
+def test_memory_limit_is_the_fixed_one_or_a_fraction_of_what_is_free_split_between_workers(monkeypatch):
+    import bench.sweep.planner as planner_module
+
+    monkeypatch.setattr(planner_module, "available_memory_bytes", lambda device: 1000)
+    assert memory_limit("cpu", 0.6) == 600
+    assert memory_limit("cpu", 0.5, share=2) == 250  # two extrapolation workers at once
+    assert memory_limit("cpu", 0.6, fixed=123) == 123  # --memory-limit / the preset's memory_bytes

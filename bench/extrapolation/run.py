@@ -29,11 +29,10 @@ from bench.extrapolation.corpus import load_corpus
 from bench.extrapolation.job import TRAIN_INFO, TrainingJob, job_dir
 from bench.extrapolation.spec import TASK, ExtrapSpec, row_key
 from bench.measure.environment import collect_environment
-from bench.measure.memory import available_memory_bytes
 from bench.process import process_settings
 from bench.record import Row
 from bench.sweep.executor import classify_failure
-from bench.sweep.planner import parse_shard, take_shard
+from bench.sweep.planner import memory_limit, parse_shard, take_shard
 from bench.sweep.session import new_run_id
 from bench.sweep.store import RunStore, first_per_key
 
@@ -84,7 +83,7 @@ class ExtrapolationRun:
         self.workers = spec.workers if self.device.type == "cpu" and not dist.is_initialized() else 1
         self.device_name: str | None = None
         # Each concurrent training gets its share of the memory free now.
-        self.memory_limit = int(spec.eval.memory_fraction * available_memory_bytes(self.device) / self.workers)
+        self.memory_limit = memory_limit(self.device, spec.eval.memory_fraction, share=self.workers)
         self.dir = self.store.path / TASK
         if self.rank == 0:
             self.dir.mkdir(parents=True, exist_ok=True)

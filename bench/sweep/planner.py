@@ -18,7 +18,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+import torch
+
 from bench.config import BenchConfig
+from bench.measure.memory import available_memory_bytes
 from bench.measure.timing import (
     CUDA_PROBE_CALLS,
     DO_BENCH_UNTIMED_CALLS,
@@ -66,6 +69,15 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     if count < 1 or not 1 <= index <= count:
         raise ValueError(f"shard i/n needs n >= 1 and 1 <= i <= n, got {text!r}")
     return index, count
+
+
+def memory_limit(device: str | torch.device, fraction: float, fixed: int | None = None, share: int = 1) -> int:
+    """Bytes one config may take at its peak, the memory budget of sweeps and extrapolation runs alike:
+    ``fixed`` when given (a preset's or the command line's), else ``fraction`` of the memory available on
+    ``device`` now, split ``share`` ways between the configs that run at once (an extrapolation's workers)."""
+    if fixed:
+        return fixed
+    return int(fraction * available_memory_bytes(device) / share)
 
 
 def take_shard(tasks: Sequence[Task], shard: tuple[int, int] | None) -> list[Task]:

@@ -17,12 +17,11 @@ import torch
 
 from bench.measure.ceilings import matmul_tflops, measure_ceilings
 from bench.measure.environment import collect_environment
-from bench.measure.memory import available_memory_bytes
 from bench.measure.timing import DO_BENCH_FLUSH_BYTES, TimingSettings, cuda_timer_name
 from bench.process import process_settings
 from bench.record import Row
 from bench.sweep.executor import Executor, Timer
-from bench.sweep.planner import Budget, CallModel, Measured, Planned, parse_shard, plan
+from bench.sweep.planner import Budget, CallModel, Measured, Planned, memory_limit, parse_shard, plan
 from bench.sweep.presets import SweepSpec
 from bench.sweep.store import DEFAULT_RESULTS_DIR, MemoryStore, RunStore
 
@@ -95,11 +94,10 @@ class Sweep:
         self.environment = env
         self.store.add_environment(env)
         self.device_name = env.get("device_name") or spec.device
-        memory_limit = spec.limits.memory_bytes or int(spec.limits.memory_fraction
-                                                       * available_memory_bytes(spec.device))
+        memory = memory_limit(spec.device, spec.limits.memory_fraction, spec.limits.memory_bytes)
         calls = call_model(spec.device, self.settings, timer=timer, copy_gbps=self.ceilings.get("copy_gbps"))
         self.timer_name = calls.timer
-        self.budget = Budget(spec.limits, calls=calls, memory_limit=memory_limit,
+        self.budget = Budget(spec.limits, calls=calls, memory_limit=memory,
                              matmul_tflops={dtype: matmul_tflops(self.ceilings, dtype) for dtype in spec.dtype})
         self.executor = Executor(self.settings, ceilings=self.ceilings, seed=spec.seed,
                                  profile_dir=self.store.path / "profiles" if profile else None)
