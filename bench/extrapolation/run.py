@@ -97,7 +97,6 @@ class ExtrapolationRun:
 
     # ---- jobs -----------------------------------------------------------------------------------------
 
-
     def _job(self, variant: str, seed: int, stored: dict[str, dict], **hooks) -> TrainingJob:
         return TrainingJob(self.spec, variant, seed, run_dir=self.store.path, run_id=self.run_id,
                            device=self.device, device_name=self.device_name, memory_limit=self.memory_limit,

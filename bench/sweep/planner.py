@@ -45,6 +45,7 @@ Task = TypeVar("Task")
 STOPPING_STATUSES = ("oom", "over-budget")
 """Statuses after which every longer length of a series is over-budget (``first_stop``)."""
 
+
 @dataclass(frozen=True)
 class Planned:
     """A config with what is known before running it: status None means "run it"; ``flops`` of one call by

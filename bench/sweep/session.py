@@ -83,6 +83,7 @@ class Sweep:
         """The run's rows, one per key (``bench.sweep.store.first_per_key``): stored ones first, then this
         session's."""
         self.by_key: dict[str, Row] = {}
+        """The same rows by key: what resume skips and ``run_one`` returns for a config that has a row."""
         self.measured = Measured()
         """The rows indexed for the planner's budget."""
         for row in self.store.rows():
@@ -109,6 +110,7 @@ class Sweep:
         """Oracle checks of user kernels by (variant, device, dtype, D, causal, pass): None passed, else why not."""
 
     def __enter__(self) -> Sweep:
+        """Freeze the gc for the session (``process_settings``); ``__exit__`` unfreezes it."""
         self._process = ExitStack()
         self._process.enter_context(process_settings(freeze_gc=True))
         return self

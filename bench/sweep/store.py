@@ -129,7 +129,7 @@ class MemoryStore:
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
         self.path = Path(f"<memory:{run_id}>")
-        self._rows: list[dict] = []
+        self._rows: list[Row] = []
         self._sessions: list[dict] = []
 
     def rows(self) -> list[Row]:
