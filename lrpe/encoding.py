@@ -196,8 +196,9 @@ class LRPE(nn.Module):
         n = x.shape[-2]
         periodic = self._periodic_rows(offset, n)
         if periodic is not None:
-            # Blocks of a whole number of periods all take one index, built once (the registry's pi, seed 0
-            # and D = 64, has period 63): per block only the gather remains.
+            # Blocks of a whole number of periods all take one index, built once: per block only the gather
+            # remains. (A shared pi of D = 64 from seed 0 has period 63; the registry's per-head pis together
+            # have 3,423,420 at 4 heads, so they take the block table below.)
             step, shared, table = periodic, self._permutation_table_at(offset, periodic, sign), None
         else:
             step, shared = _PERMUTATION_TABLE_ROWS, None
