@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench.process import process_settings
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -32,10 +34,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def one_thread():
     """One intra-op thread for the test, restored after: on a shared, oversubscribed 2-core machine two
     threads measured 10x slower for the small models of the extrapolation tests."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with process_settings(threads=1):
+        yield
 
 
 def repo_on_pythonpath(env: dict | None = None) -> dict:

@@ -133,3 +133,40 @@ def test_a_user_kernel_sweeps_and_reports_from_the_command_line(tmp_path, child_
     listing = subprocess.run([sys.executable, "-m", "bench", "list", "my_kernels:attention", "--format", "csv"],
                              env=env, capture_output=True, text=True, timeout=120)
     assert listing.stdout.splitlines()[1].startswith("softmax@my-softmax,softmax,none,my-softmax,quadratic,")
+
+
+def test_a_user_kernel_in_a_gate_preset_is_budgeted_and_a_slower_one_fails_by_name(tmp_path):
+    """The gate takes a user kernel like a built-in: named in the gate preset's variants, it gets ratio,
+    shift, slope and memory budgets, a clean run passes, and twice its time fails naming it."""
+    from bench.gate import ToleranceRules, gate, update
+    from bench.gate.sensitivity import injection
+
+    preset = tmp_path / "gate-user.toml"
+    preset.write_text(textwrap.dedent("""
+        description = "gate test with a user kernel"
+        device = "cpu"
+        variants = ["linear@torch-chunked", "my_kernels:linear_attention"]
+        n = [256, 512]
+        d = [16]
+        heads = 2
+        batch = 1
+        dtype = ["float32"]
+        causal = [true]
+        pass = ["fwd"]
+        [timing]
+        warmup_min_calls = 2
+        warmup_min_s = 0.0
+    """))
+    budgets_path = tmp_path / "budgets.json"
+    # Calls of tens of microseconds at these sizes: floors wide enough for their noise, far below the 2x
+    # injected below (the CI gate's own tolerances are measured in docs/gates.md).
+    budgets, _ = update(budgets_path, preset=str(preset), runs=2, cycles=9, results_dir=tmp_path / "runs",
+                        rules=ToleranceRules(ratio_floor=1.5, shift_floor=1.4))
+    gated = {check: {e.key["variant"] for e in entries} for check, entries in budgets.entries.items()}
+    assert all("linear@my-linear" in variants for variants in gated.values()), gated
+    clean = gate(budgets_path, results_dir=tmp_path / "runs")
+    assert clean.passed, clean.text
+    slow = gate(budgets_path, results_dir=tmp_path / "runs", wrap=injection("linear@my-linear", 2.0))
+    assert not slow.passed
+    failed = slow.table[~slow.table["ok"].astype(bool)]
+    assert "linear@my-linear" in set(failed[failed["check"] == "shift"]["variant"]), slow.text
