@@ -136,6 +136,10 @@ class Backend:
     reference: the backend is an oracle itself (explicit softmax, the torch chunked linear attention) and is
         not checked against one. precheck: check each (device, dtype, causal, pass) against the oracle on
         small inputs before timing it (user kernels; bench.equivalence.oracle_check).
+    probe_seconds: what ``probe`` costs the first time it runs (FlexAttention compiles a small kernel: ~20 s
+        on 2 CPU cores); the dry run charges it once per backend of the preset (an ESTIMATE).
+    cpu_selfcheck: the CPU self-check runs this backend's equivalence check; False for a backend that compiles
+        per dtype and shape (``python -m bench.equivalence`` still runs it).
     sweep_ps: the P choices ``*`` sweeps; other P choices are ablations, run by naming them.
     """
 
@@ -158,6 +162,8 @@ class Backend:
     reference: bool = False
     precheck: bool = False
     sweep_ps: tuple[str, ...] = ("identity", "householder")
+    probe_seconds: float = 0.0
+    cpu_selfcheck: bool = True
 
     def __post_init__(self) -> None:
         where = f"backend {self.family}@{self.name}"
@@ -178,6 +184,8 @@ class Backend:
             bad = [v for v in values if v not in allowed]
             if not values or bad:
                 raise ValueError(f"{where}: {name} must be a non-empty subset of {list(allowed)}, got {values!r}")
+        if self.probe_seconds < 0:
+            raise ValueError(f"{where}: probe_seconds must be >= 0, got {self.probe_seconds!r}")
         for device, pass_ in (*self.compile_seconds, *self.shared_compile):
             if device not in DEVICES or pass_ not in PASSES:
                 raise ValueError(f"{where}: compile keys are (device in {DEVICES}, pass in {PASSES}), "

@@ -147,6 +147,10 @@ FLEX_COMPILE_SECONDS = {("cpu", "fwd"): 18.0, ("cuda", "fwd"): 10.0, ("cuda", "f
 CPU: measured here, 17-18 s per new shape (docs/gpu-timing.md; FlexAttention has no CPU backward). CUDA: an
 estimate, not a measurement (docs/gpu-timing.md gives its basis); the first GPU run's flex rows replace it."""
 
+FLEX_PROBE_SECONDS = 20.0
+"""FlexAttention's availability probe compiles one small kernel: about 20 s on 2 CPU cores (measured), charged
+once by the dry run."""
+
 _ALL_PES = ("none", "rope", "ape")
 _LINEAR_PES = ("none", "rope", "spe-sine", "spe-conv")
 ALL_DTYPES = ("float32", "float64", "bfloat16", "float16")
@@ -168,6 +172,7 @@ def _flash_record(backend: str) -> Backend:
         time_complexity="quadratic", memory_complexity="quadratic" if family == "softmax" else "linear",
         cost=FLASH_COSTS[backend], probe=partial(availability, backend), check=_flash_check(backend),
         compile_seconds=FLEX_COMPILE_SECONDS if backend == "flex" else {},
+        probe_seconds=FLEX_PROBE_SECONDS if backend == "flex" else 0.0, cpu_selfcheck=backend != "flex",
         about="explicit N x N scores" if family == "softmax" else "tiled exact softmax attention")
 
 

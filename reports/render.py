@@ -352,8 +352,8 @@ def tradeoff_section(frame: pd.DataFrame, styles: plots.Styles | None) -> str:
     styles = styles or plots.variant_styles(found["variant"])
     caption = (f"A point per variant: {note}. Error bars: time p20-p80; bits per byte, the noise of the mean "
                "over seeds, sqrt(SE^2 + seed sd^2 / seeds), or the rows' standard error with one seed (none "
-               "drawn where the rows carry neither). The dashed step line and the grey rings mark the Pareto front of each panel: no "
-               "other point is lower on both axes (the table's Pareto columns).")
+               "drawn where the rows carry neither). The dashed step line and the grey rings mark the Pareto "
+               "front of each panel: no other point is lower on both axes (the table's Pareto columns).")
     return figure("tradeoff", plots.tradeoff_figure(found, styles, n), caption) + table(found, precision=4)
 
 

@@ -212,3 +212,17 @@ def test_exact_attention_variants_equal_the_softmax_oracle(name, dtype):
     expected = softmax_attention(q.float(), k.float(), v.float(), causal=True)
     atol, rtol = float_tolerance(config.torch_dtype)
     torch.testing.assert_close(out.float(), expected, atol=atol, rtol=rtol)
+
+
+def test_a_backend_s_probe_cost_and_self_check_exemption_live_in_its_record():
+    """The dry run's probe charge and the CPU self-check's skip list read the record, not a name list:
+    FlexAttention (compiles in its probe and per shape) says so in its record, and no other backend does."""
+    from bench.registry import backend_of
+
+    records = {(v.family, v.backend): backend_of(v) for v in all_variants().values()}
+    flex = records[("flash", "flex")]
+    assert flex.probe_seconds > 0 and not flex.cpu_selfcheck
+    others = [r for key, r in records.items() if key != ("flash", "flex")]
+    assert all(r.probe_seconds == 0 and r.cpu_selfcheck for r in others)
+    with pytest.raises(ValueError, match="probe_seconds must be >= 0, got -1"):
+        dataclasses.replace(flex, probe_seconds=-1)

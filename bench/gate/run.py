@@ -19,7 +19,6 @@ reading that differs from the others would show a call whose allocations depend 
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import time
@@ -34,6 +33,7 @@ from bench.measure.allocator import timing_regime
 from bench.measure.cpu_time import LABEL, cpu_seconds
 from bench.measure.memory import allocated_peak_bytes
 from bench.measure.timing import warmup
+from bench.process import process_settings
 from bench.registry import get_variant
 from bench.sweep.executor import classify_failure, make_inputs, make_workload
 from bench.sweep.presets import SweepSpec, load_spec
@@ -159,9 +159,7 @@ def run_gate(spec: SweepSpec | str, directory: str | Path, *, reference: str, cy
     from bench.measure.environment import collect_environment
 
     started, cpu_started = time.perf_counter(), time.process_time()
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with process_settings(threads=threads):
         run = GateRun(preset=spec.as_dict(), reference=reference, cycles=cycles, threads=threads,
                       peak_readings=peak_readings)
         env = collect_environment("cpu")
@@ -171,24 +169,22 @@ def run_gate(spec: SweepSpec | str, directory: str | Path, *, reference: str, cy
         groups = _configs_by_n(spec, reference)
         # What is alive now (torch, the registry) lives for the whole run: frozen, it leaves every later gc
         # pass, and each peak reading's gc.collect() then takes milliseconds instead of ~90 ms.
-        gc.freeze()
-        # Memory first: the children are forked from a process that has not run a workload yet.
-        for configs in groups:
-            for entry in configs:
-                if entry.variant != YARDSTICK:
-                    _measure_peaks(entry, spec.seed, peak_readings, wrap)
-        settings = timing_settings(spec)
-        for configs in groups:
-            mark = time.process_time()
-            _time_interleaved(configs, spec.seed, cycles, settings, wrap)
-            if log is not None:
-                log(f"gate: N = {configs[0].n}: {len(configs)} workloads x {cycles} cycles in "
-                    f"{time.process_time() - mark:.1f} s CPU")
-            run.configs.extend(configs)
+        with process_settings(freeze_gc=True):
+            # Memory first: the children are forked from a process that has not run a workload yet.
+            for configs in groups:
+                for entry in configs:
+                    if entry.variant != YARDSTICK:
+                        _measure_peaks(entry, spec.seed, peak_readings, wrap)
+            settings = timing_settings(spec)
+            for configs in groups:
+                mark = time.process_time()
+                _time_interleaved(configs, spec.seed, cycles, settings, wrap)
+                if log is not None:
+                    log(f"gate: N = {configs[0].n}: {len(configs)} workloads x {cycles} cycles in "
+                        f"{time.process_time() - mark:.1f} s CPU")
+                run.configs.extend(configs)
         run.wall_s = time.perf_counter() - started
         run.cpu_s = time.process_time() - cpu_started
-    finally:
-        torch.set_num_threads(previous_threads)
     run.save(Path(directory))
     return run
 

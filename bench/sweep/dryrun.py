@@ -81,7 +81,10 @@ def dry_run(spec: SweepSpec, device_model: str = "h100") -> pd.DataFrame:
     calls = CallModel(timing_settings(spec), TIMER_DO_BENCH, DO_BENCH_FLUSH_BYTES / (H100_COPY_GBPS * 1e9))
     memory_limit = spec.limits.memory_bytes or int(spec.limits.memory_fraction * H100_MEMORY_BYTES)
     budget = Budget(spec.limits, calls=calls, memory_limit=memory_limit, matmul_tflops=None)
-    elapsed = START_S + (20.0 if any(v.endswith("@flex") for v in spec.variants) else 0.0)
+    from bench.registry import backend_of, get_variant
+
+    backends = {(v.family, v.backend): backend_of(v) for v in map(get_variant, spec.variants)}
+    elapsed = START_S + sum(b.probe_seconds for b in backends.values())  # each backend's probe runs once
     measured = Measured()
     out = []
     for planned in plan(spec, probe=False):
