@@ -132,10 +132,16 @@ class PowerLawFit:
         x = math.log2(n)
         estimate = self.intercept + self.exponent * x
         if self.dof < 1:
-            return Prediction(float(n), 2.0**estimate, math.nan, math.nan)
+            return Prediction(float(n), _exp2(estimate), math.nan, math.nan)
         half = (t_quantile(0.5 + CONFIDENCE / 2, self.dof) * self.residual_sd
                 * math.sqrt(1 / self.points + (x - self.mean_log2_n) ** 2 / self.sxx))
-        return Prediction(float(n), 2.0**estimate, 2.0 ** (estimate - half), 2.0 ** (estimate + half))
+        return Prediction(float(n), _exp2(estimate), _exp2(estimate - half), _exp2(estimate + half))
+
+
+def _exp2(x: float) -> float:
+    """2 ** x, inf where that exceeds a float: noisy points far from the target give intervals of 2 ** 1500
+    (a fit of two noisy lengths extrapolated 16x), which say "the fit cannot tell" and must not raise."""
+    return math.inf if x > 1023 else 2.0**x
 
 
 def fit_power_law(n: Iterable[float], values: Iterable[float], *, upper: bool = True) -> PowerLawFit:

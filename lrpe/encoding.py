@@ -174,6 +174,8 @@ class LRPE(nn.Module):
     def _periodic_rows(self, offset: int, count: int) -> int | None:
         """Rows R of a block whose index ``pi^(offset + r)``, r < R, serves every block of rows (R a multiple
         of the period, at most ``_PERMUTATION_TABLE_ROWS``), or None when the period is longer than that."""
+        if self.cycle_length.is_meta:  # no values to read the period from (shape propagation)
+            return None
         period = self.permutation_period()
         if period > _PERMUTATION_TABLE_ROWS:
             return None

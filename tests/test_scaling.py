@@ -105,3 +105,12 @@ def test_fit_frame_fits_per_series_per_sequence_when_the_batch_varies():
     assert found["softmax@naive"][0].exponent == pytest.approx(2.0)
     assert found["linear@torch-chunked"][0].exponent == pytest.approx(1.0)
     assert found["lonely"] == (None, "one N (1024): no fit")
+
+
+def test_a_wild_fit_far_from_its_data_gives_an_infinite_interval_instead_of_raising():
+    """Three noisy lengths extrapolated a millionfold: the interval's upper end passes 2 ** 1023 (an
+    OverflowError from the report of a loaded CI run); it is inf, the estimate and lower end stay finite."""
+    fit = fit_power_law(LENGTHS, [1e-6, 1e3] * 3)
+    predicted = fit.predict(2.0**60)
+    assert predicted.high == math.inf
+    assert math.isfinite(predicted.estimate) and predicted.low >= 0
