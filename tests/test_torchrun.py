@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 from bench.cli import build_parser
@@ -46,3 +47,38 @@ def test_sweep_options_have_spellings_torchrun_passes_through():
     args = build_parser().parse_args(["run", "--seq-lens", "1k..4k", "--head-dims", "64,128"])
     assert (args.n, args.d) == ("1k..4k", "64,128")
     assert build_parser().parse_args(["run", "--n", "1k", "--d", "64"]).n == "1k"
+
+
+def test_a_config_whose_rank_failed_is_an_error_row_and_the_others_still_run(tmp_path, monkeypatch):
+    """A rank whose run of a config raises outside the executor stores an ``error`` row naming the rank and
+    the exception, and goes on with its other configs (one gloo process, the path every rank takes)."""
+    import socket
+
+    from bench.sweep import distributed
+    from bench.sweep.presets import load_spec
+    from bench.sweep.session import Sweep
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for name, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0",
+                        "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}.items():
+        monkeypatch.setenv(name, value)
+    real_run_one = Sweep.run_one
+
+    def run_one(self, planned, timer=None):
+        if planned.config.variant == "softmax@naive" and planned.config.n == 128:
+            raise RuntimeError("the device fell off the bus")
+        return real_run_one(self, planned, timer)
+
+    monkeypatch.setattr(Sweep, "run_one", run_one)
+    spec = load_spec(str(TINY))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one rank alone on the machine: no warning about shared cores
+        sweep = distributed.run_ranks(spec, results_dir=tmp_path, run_id="fail", log=lambda text: None)
+    rows = {(r["variant"], r["n"]): r for r in sweep.store.rows()}
+    assert len(rows) == 4
+    failed = rows[("softmax@naive", 128)]
+    assert failed["status"] == "error"
+    assert failed["reason"] == "rank 0 failed: RuntimeError: the device fell off the bus"
+    assert all(r["status"] == "ok" for key, r in rows.items() if key != ("softmax@naive", 128))

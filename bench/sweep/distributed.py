@@ -44,6 +44,8 @@ def _place(spec: SweepSpec, local_rank: int, local_world: int) -> tuple[int | No
         torch.cuda.set_device(local_rank)
         return None, None
     threads = max(1, (os.cpu_count() or 1) // local_world)
+    if local_world == 1:  # the machine's one rank: nothing disturbs it
+        return threads, None
     return threads, (f"{local_world} ranks share this machine's CPU ({os.cpu_count()} cores, {threads} threads "
                      "each): their calls run at the same time and disturb each other's timings (memory bandwidth, "
                      "caches, turbo); for comparable CPU times run one process")
