@@ -148,8 +148,8 @@ CPU: measured here, 17-18 s per new shape (docs/gpu-timing.md; FlexAttention has
 estimate, not a measurement (docs/gpu-timing.md gives its basis); the first GPU run's flex rows replace it."""
 
 FLEX_PROBE_SECONDS = 20.0
-"""FlexAttention's availability probe compiles one small kernel: about 20 s on 2 CPU cores (measured), charged
-once by the dry run."""
+"""FlexAttention's availability probe compiles one small kernel: taken as 20 s (a new shape's compile measured
+17-18 s on 2 CPU cores, FLEX_COMPILE_SECONDS), charged once by the dry run; an estimate."""
 
 _ALL_PES = ("none", "rope", "ape")
 _LINEAR_PES = ("none", "rope", "spe-sine", "spe-conv")
