@@ -34,6 +34,8 @@ AGREEMENT = 0.10
 (``CHECK_STATISTIC``)."""
 MEMORY_TOLERANCE = 0.05
 CHECK_STATUSES = ("pass", "fail", "unavailable", "skipped")
+
+
 @dataclass
 class Check:
     """One line of the self-check table."""
@@ -142,10 +144,11 @@ def check_equivalence(device: str) -> list[Check]:
 
         # A backend that compiles per dtype and shape (FlexAttention: ~20 s each on 2 cores) says so in its
         # record (cpu_selfcheck=False); python -m bench.equivalence and LRPE_TEST_FLEX=1 tests cover it.
-        names = [v.name for v in kernel_variants() if backend_of(v).cpu_selfcheck]
+        variants = kernel_variants()
+        names = [v.name for v in variants if backend_of(v).cpu_selfcheck]
         checks += [Check("equivalence", v.name, "skipped", "compiles per dtype and shape (~20 s each on 2 "
                          "cores): python -m bench.equivalence runs it")
-                   for v in kernel_variants() if not backend_of(v).cpu_selfcheck]
+                   for v in variants if not backend_of(v).cpu_selfcheck]
     for row in equivalence_rows(device, names=names):
         status = {"pass": "pass", "fail": "fail", "error": "fail"}.get(row.status, "unavailable")
         checks.append(Check("equivalence", f"{row.name} {row.dtype} {row.shape}", status, row.describe()))

@@ -260,9 +260,8 @@ class LRPE(nn.Module):
         if self.kind == "permutation":
             rows = self._periodic_rows(offset, n)
             if rows is not None:  # one period's rows, repeated (a copy, no index arithmetic per entry)
-                base = self._permutation_table_at(offset, rows)
-                return base.repeat(1, -(-n // rows), 1)[:, :n] if self.num_heads is not None else (
-                    base.repeat(-(-n // rows), 1)[:n])
+                base = self._permutation_table_at(offset, rows)  # (rows, D) or (H, rows, D)
+                return base.repeat(*[1] * (base.dim() - 2), -(-n // rows), 1)[..., :n, :]
             table = self._permutation_table(min(n, _PERMUTATION_TABLE_ROWS))
             return self._permutation_rows(offset, slice(0, n), table)
         phasors = position_phasors(self.theta, n, offset, dtype)

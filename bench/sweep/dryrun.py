@@ -16,7 +16,7 @@ import pandas as pd
 
 from bench.backend import ENCODINGS, HOUSEHOLDER_FACTOR
 from bench.measure.timing import DO_BENCH_FLUSH_BYTES, TIMER_DO_BENCH
-from bench.registry import backend_of
+from bench.registry import backend_of, get_variant
 from bench.sweep.planner import Budget, CallModel, Measured, Planned, Prediction, plan
 from bench.sweep.presets import SweepSpec
 
@@ -81,8 +81,6 @@ def dry_run(spec: SweepSpec, device_model: str = "h100") -> pd.DataFrame:
     calls = CallModel(timing_settings(spec), TIMER_DO_BENCH, DO_BENCH_FLUSH_BYTES / (H100_COPY_GBPS * 1e9))
     memory_limit = spec.limits.memory_bytes or int(spec.limits.memory_fraction * H100_MEMORY_BYTES)
     budget = Budget(spec.limits, calls=calls, memory_limit=memory_limit, matmul_tflops=None)
-    from bench.registry import backend_of, get_variant
-
     backends = {(v.family, v.backend): backend_of(v) for v in map(get_variant, spec.variants)}
     elapsed = START_S + sum(b.probe_seconds for b in backends.values())  # each backend's probe runs once
     measured = Measured()
