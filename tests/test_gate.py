@@ -10,6 +10,8 @@ chunked core plus an injected change.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pandas as pd
 import pytest
 import torch
@@ -18,8 +20,10 @@ from torch import nn
 from baselines.softmax import SoftmaxAttention
 from bench.cli import main
 from bench.gate import Budgets, ToleranceRules, gate, update
+from bench.gate import run as gate_run
 from bench.gate.sensitivity import injection
 from bench.registry import all_variants, get_variant
+from bench.sweep.presets import load_spec
 from bench.variant import AttentionSpec, Variant
 
 REFERENCE = "linear@torch-chunked"
@@ -170,3 +174,28 @@ def test_command_line_reads_a_run_prints_what_moved_and_exits_1(budgets, capsys)
     assert f"python -m bench gate --update --budgets {budgets}" in out
     clean = run_gate(budgets, "none")
     assert main(["gate", "--budgets", str(budgets), "--run", str(clean.run_dir)]) == 0
+
+
+def test_each_cycle_opens_with_two_reference_calls_and_pairs_every_workload_with_its_neighbours(tmp_path):
+    """R R Y R A R per cycle: the yardstick's earlier reference call follows a reference call, never the previous
+    cycle's last variant (whose cache traffic once moved the reference's own check past its band)."""
+    other = "linear-lrpe-orthogonal@torch-chunked"
+    spec = replace(load_spec("gate"), variants=(REFERENCE, other), n=(64, 128))
+    calls: list[tuple[int, str]] = []
+
+    def logged(config, fn, phase):
+        def call():
+            calls.append((config.n, config.variant))
+            return fn()
+        return call if phase == "time" else fn
+
+    cycles = 3
+    run = gate_run.run_gate(spec, tmp_path, reference=REFERENCE, cycles=cycles, wrap=logged)
+    cycle = [REFERENCE, REFERENCE, gate_run.YARDSTICK, REFERENCE, other, REFERENCE]
+    for n in (64, 128):
+        timed = [v for m, v in calls if m == n][-len(cycle) * cycles:]
+        assert timed == cycle * cycles
+        entries = {e.variant: e for e in run.configs if e.n == n}
+        assert len(entries[REFERENCE].times_s) == 3 * cycles  # every reference call but each cycle's first
+        for variant in (gate_run.YARDSTICK, other):
+            assert len(entries[variant].times_s) == len(entries[variant].ref_times_s) == cycles

@@ -28,16 +28,17 @@ PEAK_MIB = {REFERENCE: 8.0, "a@torch": 12.0, "b@torch": 48.0, "c@torch": 10.0}
 
 
 def synthetic_run(seed: int, *, slow: dict[str, float] | None = None, grow: dict[tuple[str, int], float] | None = None,
-                  noise: float = 0.08) -> GateRun:
+                  noise: float = 0.08, machine: dict[int, float] | None = None) -> GateRun:
     """A gate run as ``run_gate`` stores it: times linear in N with per-call lognormal noise (sigma ``noise``)
     and a per-run drift of 1% per variant; peaks within 0.5% between runs. ``slow``: variant -> time factor;
-    ``grow``: (variant, N) -> peak factor."""
+    ``grow``: (variant, N) -> peak factor; ``machine``: N -> factor on every call at that N (a machine that
+    was slower while that N's cycles ran)."""
     rng = np.random.default_rng(seed)
-    slow, grow = slow or {}, grow or {}
+    slow, grow, machine = slow or {}, grow or {}, machine or {}
     preset = {"name": "synthetic", "variants": list(VARIANTS), "n": list(LENGTHS)}
     run = GateRun(preset=preset, reference=REFERENCE, cycles=CYCLES, threads=1, peak_readings=5)
     for n in LENGTHS:
-        base = 1e-3 * n / 1024
+        base = 1e-3 * n / 1024 * machine.get(n, 1.0)
         ref_calls = base * slow.get(REFERENCE, 1.0) * np.exp(rng.normal(0, noise, 4 * CYCLES + 1))
         entries = {}
         for k, variant in enumerate([YARDSTICK, *[v for v in VARIANTS if v != REFERENCE]]):
@@ -79,6 +80,23 @@ def test_clean_runs_pass(budgets):
         run = synthetic_run(seed)
         table = compare(budgets, measure(run), run)
         assert table["ok"].all(), table[~table["ok"]].to_string()
+
+
+def test_a_machine_slower_while_one_n_ran_moves_no_check(budgets):
+    """Each N is timed in its own block of cycles, so a slower machine during one block moves every call time at
+    that N; ratios and the slopes fitted to them cancel it (slopes of call times moved by 0.19 here)."""
+    run = synthetic_run(12, machine={LENGTHS[-1]: 1.3})
+    table = compare(budgets, measure(run), run)
+    assert table["ok"].all(), table[~table["ok"]].to_string()
+
+
+def test_n_squared_work_in_a_variant_fails_its_slope_only_there(budgets):
+    run = synthetic_run(13)
+    for entry in run.configs:
+        if entry.variant == "a@torch":
+            entry.times_s = [t * entry.n / LENGTHS[0] for t in entry.times_s]
+    table = compare(budgets, measure(run), run)
+    assert failed(table, "slope") == {("a@torch", None)}
 
 
 @pytest.mark.parametrize("variant", [v for v in VARIANTS if v != REFERENCE])

@@ -5,13 +5,18 @@
     shift   per series, the geometric mean over N of its ratios: a slower kernel moves every N's ratio by the
             same factor, while the run-to-run noise of different N partly averages out (budget runs: per-N
             ratios moved by up to 13%, their geometric means by up to 7%), so this check is the tighter one
-    slope   the exponent of ``bench.scaling.fit_power_law`` (the report's fit) of the median call time
-            against N, per series (``bench.scaling.series_key``)
+    slope   per series (``bench.scaling.series_key``), the exponent of ``bench.scaling.fit_power_law`` (the
+            report's fit) of its ratios against N: how much faster than the reference's (for the reference:
+            the yardstick's) its cost grows. A change from N to N^2 work adds 1 to it, as it would to the
+            exponent of the call time, but the ratios cancel what the call times alone carry: the machine's
+            drift between the N's (each N is timed in its own block of cycles), which moved the call-time
+            exponents of all variants of one run together by up to 0.46 over the budget runs, against 0.05-0.16
+            for these (docs/gates.md)
     memory  the smallest of a config's peak readings (bytes)
 
 The median of per-cycle ratios, because each ratio compares calls made milliseconds apart: a neighbour that
 slows the machine for a while slows both. Over the budget runs the medians moved by the spread stored in the
-budget file; the median call time alone (used for slopes) drifts more, but a slope divides it out.
+budget file; the median call time alone drifts more, so no check uses it.
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ def measure(run: GateRun) -> dict[str, pd.DataFrame]:
     """{"ratio", "shift", "slope", "memory"} -> a frame of the key columns plus ``value``, from a gate run's
     ok configs."""
     ok = [e for e in run.configs if e.status == "ok"]
-    ratios, times, peaks = [], [], []
+    ratios, peaks = [], []
     yard = {key_of(_row(e), "ratio")[1:]: e for e in ok if e.variant == YARDSTICK}
     for entry in ok:
         row = _row(entry)
@@ -65,7 +70,6 @@ def measure(run: GateRun) -> dict[str, pd.DataFrame]:
             peaks.append({**row, "value": float(min(entry.peaks_bytes))})
         if not entry.times_s:
             continue
-        times.append({**row, "value": float(np.median(entry.times_s))})
         if entry.variant == run.reference:
             stick = yard.get(key_of(row, "ratio")[1:])
             if stick is not None and stick.times_s:
@@ -76,8 +80,7 @@ def measure(run: GateRun) -> dict[str, pd.DataFrame]:
     shifts = [{**dict(zip(SERIES, key, strict=True)), "value": float(np.exp(np.log(series["value"]).mean()))}
               for key, series in ratio_frame.groupby(list(SERIES), sort=True)]
     slopes = []
-    time_frame = pd.DataFrame(times, columns=[*CONFIG, "value"])
-    for key, series in time_frame.groupby(list(SERIES), sort=True):
+    for key, series in ratio_frame.groupby(list(SERIES), sort=True):
         if series["n"].nunique() >= 2:
             fit = fit_power_law(series["n"].astype(float), series["value"].astype(float))
             slopes.append({**dict(zip(SERIES, key, strict=True)), "value": fit.exponent})
