@@ -135,17 +135,13 @@ def test_a_user_kernel_sweeps_and_reports_from_the_command_line(tmp_path, child_
     assert listing.stdout.splitlines()[1].startswith("softmax@my-softmax,softmax,none,my-softmax,quadratic,")
 
 
-def test_a_user_kernel_in_a_gate_preset_is_budgeted_and_a_slower_one_fails_by_name(tmp_path):
-    """The gate takes a user kernel like a built-in: named in the gate preset's variants, it gets ratio,
-    shift, slope and memory budgets, a clean run passes, and twice its time fails naming it."""
-    from bench.gate import ToleranceRules, gate, update
-    from bench.gate.sensitivity import injection
-
+def gate_preset(tmp_path: Path, user_kernel: str) -> Path:
+    """A gate preset of the chunked reference and ``user_kernel`` at N = 256, 512."""
     preset = tmp_path / "gate-user.toml"
-    preset.write_text(textwrap.dedent("""
+    preset.write_text(textwrap.dedent(f"""
         description = "gate test with a user kernel"
         device = "cpu"
-        variants = ["linear@torch-chunked", "my_kernels:linear_attention"]
+        variants = ["linear@torch-chunked", "{user_kernel}"]
         n = [256, 512]
         d = [16]
         heads = 2
@@ -157,6 +153,16 @@ def test_a_user_kernel_in_a_gate_preset_is_budgeted_and_a_slower_one_fails_by_na
         warmup_min_calls = 2
         warmup_min_s = 0.0
     """))
+    return preset
+
+
+def test_a_user_kernel_in_a_gate_preset_is_budgeted_and_a_slower_one_fails_by_name(tmp_path):
+    """The gate takes a user kernel like a built-in: named in the gate preset's variants, it gets ratio,
+    shift, slope and memory budgets, a clean run passes, and twice its time fails naming it."""
+    from bench.gate import ToleranceRules, gate, update
+    from bench.gate.sensitivity import injection
+
+    preset = gate_preset(tmp_path, "my_kernels:linear_attention")
     budgets_path = tmp_path / "budgets.json"
     # Calls of tens of microseconds at these sizes: floors wide enough for their noise (a slope from two
     # lengths moved by 0.27 in a loaded CI run), far below the 2x injected below, which moves no slope (the
@@ -171,3 +177,19 @@ def test_a_user_kernel_in_a_gate_preset_is_budgeted_and_a_slower_one_fails_by_na
     assert not slow.passed
     failed = slow.table[~slow.table["ok"].astype(bool)]
     assert "linear@my-linear" in set(failed[failed["check"] == "shift"]["variant"]), slow.text
+
+
+def test_a_wrong_user_kernel_in_a_gate_preset_is_an_error_there_never_a_time(tmp_path):
+    """The gate's configs go through the sweep's plan and oracle check: a kernel without its scale is an
+    ``error`` config with the check's reason, neither timed nor measured, while the reference runs."""
+    from bench.gate.run import run_gate
+
+    run = run_gate(gate_preset(tmp_path, "my_kernels:attention_without_scale"), tmp_path / "runs",
+                   reference="linear@torch-chunked", cycles=3)
+    wrong = [e for e in run.configs if e.variant == "softmax@no-scale"]
+    assert [e.n for e in wrong] == [256, 512], run.configs
+    for entry in wrong:
+        assert entry.status == "error" and "oracle check on" in entry.reason and "failed" in entry.reason
+        assert entry.times_s == [] and entry.peaks_bytes == []
+    reference = [e for e in run.configs if e.variant == "linear@torch-chunked"]
+    assert all(e.status == "ok" and e.times_s and e.peaks_bytes for e in reference)

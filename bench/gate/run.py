@@ -37,6 +37,7 @@ from bench.measure.timing import warmup
 from bench.process import process_settings
 from bench.registry import get_variant
 from bench.sweep.executor import classify_failure, make_inputs, make_workload
+from bench.sweep.planner import Prechecks, plan
 from bench.sweep.presets import SweepSpec, load_spec
 from bench.sweep.session import new_run_id, timing_settings
 
@@ -174,7 +175,7 @@ def run_gate(spec: SweepSpec | str, directory: str | Path, *, reference: str, cy
             # Memory first: the children are forked from a process that has not run a workload yet.
             for configs in groups:
                 for entry in configs:
-                    if entry.variant != YARDSTICK:
+                    if entry.variant != YARDSTICK and entry.status == "ok":
                         _measure_peaks(entry, spec.seed, peak_readings, wrap)
             settings = timing_settings(spec)
             for configs in groups:
@@ -223,17 +224,28 @@ def new_gate_dir(results_dir: str | Path) -> Path:
 
 def _configs_by_n(spec: SweepSpec, reference: str) -> list[list[ConfigRun]]:
     """Per N (ascending), the reference first, then the yardstick (for each (D, dtype, causal, pass) the
-    reference has), then the other variants in the preset's order."""
+    reference has), then the other variants in the preset's order.
+
+    The configs are the pipeline's plan (``bench.sweep.planner.plan``: unavailable and unsupported decided by
+    each variant's record), and a user kernel's configs pass its oracle check first (``Prechecks``, as in a
+    sweep), so that a wrong kernel is an error the gate fails on, never a budgeted time. A config that may not
+    run keeps its status and reason: it is neither timed nor measured, and fails the gate's status check."""
     by_n: dict[int, list[ConfigRun]] = {}
-    for config in spec.configs():
+    prechecks = Prechecks()
+    for planned in plan(spec):
+        config, status, reason = planned.config, planned.status, planned.reason
+        if status is None:
+            reason = prechecks(planned)
+            status = "error" if reason else "ok"
         entry = ConfigRun(variant=config.variant, n=config.n, d=config.d, pass_=config.pass_,
-                          dtype=config.dtype, causal=config.causal, heads=config.heads, batch=config.batch)
+                          dtype=config.dtype, causal=config.causal, heads=config.heads, batch=config.batch,
+                          status=status, reason=reason or "")
         by_n.setdefault(config.n, []).append(entry)
     out = []
     for n in sorted(by_n):
         entries = by_n[n]
         refs = [e for e in entries if e.variant == reference]
-        yards = [ConfigRun(**{**asdict(e), "variant": YARDSTICK}) for e in refs]
+        yards = [ConfigRun(**{**asdict(e), "variant": YARDSTICK, "status": "ok", "reason": ""}) for e in refs]
         out.append(refs + yards + [e for e in entries if e.variant != reference])
     return out
 

@@ -112,6 +112,27 @@ def plan(spec: SweepSpec, shard: tuple[int, int] | None = None, *, probe: bool =
     return planned
 
 
+class Prechecks:
+    """The oracle checks of variants declared with ``precheck`` (user kernels): before any config of such a
+    variant is timed, ``bench.equivalence.oracle_check`` runs once per (variant, device, dtype, D, causal,
+    pass). Calling it with a planned config gives None (no check needed, or it matched) or the reason its
+    configs are errors. The sweep (``Sweep.run_one``) and the gate (``bench.gate.run``) both ask it."""
+
+    def __init__(self) -> None:
+        self.results: dict[tuple, str | None] = {}
+
+    def __call__(self, planned: Planned) -> str | None:
+        if not planned.variant.precheck:
+            return None
+        config = planned.config
+        key = (config.variant, config.device, config.dtype, config.d, config.causal, config.pass_)
+        if key not in self.results:
+            from bench.equivalence import oracle_check  # it imports the executor, which imports this module
+
+            self.results[key] = oracle_check(planned.variant, config)
+        return self.results[key]
+
+
 def series_key(config: BenchConfig) -> tuple:
     """Configs that differ only in N (and the batch tied to it) form a series."""
     return (config.variant, config.device, config.dtype, config.pass_, config.causal, config.d, config.heads)

@@ -21,7 +21,7 @@ from bench.measure.timing import DO_BENCH_FLUSH_BYTES, TimingSettings, cuda_time
 from bench.process import process_settings
 from bench.record import Row
 from bench.sweep.executor import Executor, Timer
-from bench.sweep.planner import Budget, CallModel, Measured, Planned, memory_limit, parse_shard, plan
+from bench.sweep.planner import Budget, CallModel, Measured, Planned, Prechecks, memory_limit, parse_shard, plan
 from bench.sweep.presets import SweepSpec
 from bench.sweep.store import DEFAULT_RESULTS_DIR, MemoryStore, RunStore
 
@@ -106,8 +106,7 @@ class Sweep:
         self._process: ExitStack | None = None
         self.started: float | None = None
         """perf_counter() at the first ``run_one``: the start of the budget's clock."""
-        self.prechecked: dict[tuple, str | None] = {}
-        """Oracle checks of user kernels by (variant, device, dtype, D, causal, pass): None passed, else why not."""
+        self.prechecks = Prechecks()
 
     def __enter__(self) -> Sweep:
         """Freeze the gc for the session (``process_settings``); ``__exit__`` unfreezes it."""
@@ -159,8 +158,8 @@ class Sweep:
         if status is None:
             reason, prediction = self.budget.check(planned, self.measured, self.elapsed_s())
             status = "over-budget" if reason else None
-        if status is None and variant.precheck:
-            reason = self.precheck(planned)
+        if status is None:
+            reason = self.prechecks(planned)
             status = "error" if reason else None
         if status is None:
             measured = self.executor.run(config, variant, timer, flops=planned.flops)
@@ -204,17 +203,6 @@ class Sweep:
                 "family": variant.family, "pe": variant.pe, "backend": variant.backend,
                 "time_complexity": variant.time_complexity, "device_name": self.device_name,
                 "threads": torch.get_num_threads()}
-
-    def precheck(self, planned: Planned) -> str | None:
-        """None when ``planned``'s variant matches its oracle on small inputs in this config's device, dtype,
-        head dim, causal mode and pass (checked once per run session), else the reason its rows are errors."""
-        config = planned.config
-        key = (config.variant, config.device, config.dtype, config.d, config.causal, config.pass_)
-        if key not in self.prechecked:
-            from bench.equivalence import oracle_check
-
-            self.prechecked[key] = oracle_check(planned.variant, config)
-        return self.prechecked[key]
 
     def finish(self) -> Path:
         """Write the run's frame (results.csv) and return its path."""
