@@ -5,10 +5,9 @@ Timing (one torch thread, CPU time per call, ``bench.measure.cpu_time``). At eac
 and warmed up, then ``cycles`` cycles run; in each, every other workload (the variants, and a fixed
 "yardstick" computation that is no project code) is called once right after a call of the reference:
 ``R R A R B R C ... R`` (the first reference call of a cycle is not a sample: see ``_time_interleaved``).
-A variant's sample of a cycle is its call time over the mean of the two reference
-calls either side of it, so whatever slows the machine for a second (a neighbour's cache traffic, frequency)
-slows both and cancels. The reference itself is timed against the yardstick the same way, so a slower
-reference is seen and named too.
+A variant's sample of a cycle is its call time over the mean of the two reference calls either side of it,
+so whatever slows the machine for a second (a neighbour's cache traffic, frequency) slows both and cancels.
+The reference itself is timed against the yardstick the same way, so a slower reference is seen and named too.
 
 Memory. Each config's peak is the most bytes of tensors its call held at once, counted by PyTorch's
 allocator (``bench.measure.memory.allocated_peak_bytes``): exact and the same in every process, where the
@@ -301,9 +300,9 @@ def _time_interleaved(configs: list[ConfigRun], seed: int, cycles: int, settings
         live = [i for i in range(1, len(configs)) if i in fns]
         ref_times: list[float] = []
         for _ in range(cycles):
-            # Each cycle opens with two reference calls and pairs the first workload with the second: that one
-            # follows a reference call, not the previous cycle's last variant, whose cache traffic (an N x N
-            # tensor, say) would otherwise slow the reference calls the yardstick is paired with and move the
+            # Each cycle opens with two reference calls and only the second is a sample, so the first workload
+            # (the yardstick) is paired with a reference call that follows a reference call, not the previous
+            # cycle's last variant, whose cache traffic (an N x N tensor, say) slowed that call and moved the
             # reference's own ratio (measured: x1.124 against a x1.12 band, tests/test_gate.py).
             cpu_seconds(fns[0])
             ref_times.append(cpu_seconds(fns[0]))

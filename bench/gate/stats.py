@@ -10,8 +10,8 @@
             the yardstick's) its cost grows. A change from N to N^2 work adds 1 to it, as it would to the
             exponent of the call time, but the ratios cancel what the call times alone carry: the machine's
             drift between the N's (each N is timed in its own block of cycles), which moved the call-time
-            exponents of all variants of one run together by up to 0.46 over the budget runs, against 0.05-0.16
-            for these (docs/gates.md)
+            exponents between runs by 0.25-0.46 over 30 stored runs, against 0.05-0.22 for these
+            (docs/gates.md)
     memory  the smallest of a config's peak readings (bytes)
 
 The median of per-cycle ratios, because each ratio compares calls made milliseconds apart: a neighbour that
