@@ -181,9 +181,9 @@ class LRPE(nn.Module):
             return None
         return min(count, period * (_PERMUTATION_TABLE_ROWS // period))
 
-    def _permutation_table(self, rows: int, sign: int = 1) -> Tensor:
-        """``permutation_index(sign * arange(rows))`` with a head dim always: (1 or H, rows, D)."""
-        table = self._permutation_table_at(0, rows, sign)
+    def _permutation_table(self, rows: int) -> Tensor:
+        """``permutation_index(arange(rows))`` with a head dim always: (1 or H, rows, D)."""
+        table = self._permutation_table_at(0, rows)
         return table[None] if self.num_heads is None else table
 
     def _permutation_table_at(self, offset: int, rows: int, sign: int = 1) -> Tensor:
@@ -194,7 +194,7 @@ class LRPE(nn.Module):
     def _gather_rows(self, x: Tensor, out: Tensor, offset: int, sign: int) -> None:
         """``out[..., s, j] = x[..., s, pi^(sign * (offset + s))(j)]`` block by block of rows, from one block's
         int64 index built once, so that no index of x's size exists. ``out`` may be x: each block is gathered
-        into a small temporary first.
+        into a block-sized buffer first.
 
         When the period is short, every block is a whole number of periods and one gather by the block's
         index does it. Otherwise each block of rows from s0 takes two gathers, by pi^(sign r) (the shared
@@ -223,19 +223,18 @@ class LRPE(nn.Module):
             else:  # in place with one gather: through the buffer
                 into.copy_(torch.gather(block, -1, idx, out=scratch))
 
-    def _permutation_rows(self, offset: int, rows: slice, table: Tensor, sign: int = 1) -> Tensor:
-        """``permutation_index`` of the positions ``sign * (offset + arange(rows.start, rows.stop))``: (R, D),
-        or (H, R, D) per head, given ``table = _permutation_table(block, sign)``.
+    def _permutation_rows(self, offset: int, rows: slice, table: Tensor) -> Tensor:
+        """``permutation_index`` of the positions ``offset + arange(rows.start, rows.stop)``: (R, D), or
+        (H, R, D) per head, given ``table = _permutation_table(block)``.
 
-        Built as ``pi^(s0 + r)(j) = pi^r(pi^s0(j))`` (any sign of both powers): the table of pi^(sign r) for
-        r < block and pi^(sign s0) at each block start s0 combine by one gather of int64 indices, instead of
-        the remainder and the three indexings per entry of ``permutation_index`` (measured 4-5x faster at
-        N = 64k).
+        Built as ``pi^(s0 + r)(j) = pi^r(pi^s0(j))``: the table of pi^r for r < block and pi^s0 at each block
+        start s0 combine by one gather of int64 indices, instead of the remainder and the three indexings per
+        entry of ``permutation_index`` (measured 4-5x faster at N = 64k).
         """
         heads, block, d = table.shape
         count = rows.stop - rows.start
-        starts = torch.arange(offset + rows.start, offset + rows.stop, block, device=table.device)
-        starts = self.permutation_index(starts if sign > 0 else -starts)
+        starts = self.permutation_index(torch.arange(offset + rows.start, offset + rows.stop, block,
+                                                     device=table.device))
         starts = starts[None] if self.num_heads is None else starts  # (1 or H, blocks, D)
         blocks = starts.shape[1]
         idx = torch.gather(table[:, None].expand(heads, blocks, block, d), -1,
