@@ -78,6 +78,26 @@ def _check_state(state: LinearAttentionState, q: Tensor, v: Tensor, kd: Tensor) 
         )
 
 
+def _check_frames(frames: FrameCarry, q: Tensor, impl: str, chunk_size: int, *, causal: bool, normalize: bool,
+                  has_denominator: bool, has_state: bool) -> None:
+    """Frame-local features have one numerator that reads them: the causal torch chunked form, stateless."""
+    if impl not in ("chunked", "auto"):
+        raise ValueError(f"frames need the torch chunked numerator; got impl={impl!r}, allowed: chunked, auto")
+    if not causal or has_state:
+        raise ValueError("frames need causal=True and no initial_state or return_state")
+    if normalize and not has_denominator:
+        raise ValueError("frames with normalize=True need denominator_features: frame-local q and k are not the "
+                         "global features a denominator sums")
+    if frames.rows < 1 or frames.rows % chunk_size:
+        raise ValueError(f"frames.rows must be a positive multiple of chunk_size = {chunk_size}, "
+                         f"got {frames.rows}")
+    heads, dk = q.shape[1], q.shape[-1]
+    for name, index in (("index", frames.index), ("inverse", frames.inverse)):
+        if index.dtype != torch.long or index.shape not in ((dk,), (heads, dk)):
+            raise ValueError(f"frames.{name} must be long of shape ({dk},) or ({heads}, {dk}), "
+                             f"got {index.dtype} {tuple(index.shape)}")
+
+
 def normalizer(q: Tensor, k: Tensor, *, causal: bool = True, k_sum: Tensor | None = None) -> Tensor:
     """The denominator without eps: ``sum_{t<=s} q_s . k_t`` (all t when not causal), shape (B, H, N).
 
@@ -95,8 +115,29 @@ def normalizer(q: Tensor, k: Tensor, *, causal: bool = True, k_sum: Tensor | Non
     return torch.linalg.vecdot(q, keys)
 
 
+class FrameCarry(NamedTuple):
+    """How a causal numerator reads features given frame by frame (``lrpe.LRPE.frame_pair``).
+
+    An LRPE is ``Lambda^s`` with ``Lambda^(a + b) = Lambda^a Lambda^b``, so features ``Lambda^(s - b) x_s``
+    relative to the first row b of their frame of ``rows`` tokens give every score inside a frame unchanged,
+    and a state summed in the coordinates of frame b reaches those of frame b + rows through
+    ``Lambda^(-rows)``. Here that map is a permutation of the state's Dk rows, ``S'[j] = S[index[j]]``: the
+    features then need one position table of ``rows`` rows instead of one of N (docs/fairness.md).
+
+    rows: the frame length, a multiple of the chunk size; index: (Dk,) shared or (H, Dk) per head, long;
+    inverse: the inverse permutation of index (the backward's map).
+    """
+
+    rows: int
+    index: Tensor
+    inverse: Tensor
+
+
 class _RowLoopCumsum(torch.autograd.Function):
-    """In-place inclusive prefix sum over dim 1 of x (R, n, F), as n - 1 vectorised row additions.
+    """In-place inclusive prefix sum over dim 1 of x (R, n, F), as n - 1 vectorised row additions; with a
+    ``carry``, x's rows are (Dk, Dv) states and the sum entering every ``every``-th row is first permuted
+    along Dk (``FrameCarry``; the index as ``_carried`` takes it), and ``back`` is the inverse permutation in
+    the same form, for the backward.
 
     torch's CPU cumsum over a dimension that is not the innermost is not vectorised along the inner one and
     measured about 12 ns per element here (216 ms for the 64k-token states); adding whole rows of F values
@@ -104,28 +145,52 @@ class _RowLoopCumsum(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
+    def forward(ctx, x: Tensor, every: int = 0, carry: Tensor | None = None, back: Tensor | None = None
+                ) -> Tensor:
         for i in range(1, x.shape[1]):
-            x[:, i].add_(x[:, i - 1])  # add_ on the view: no write-back copy as with +=
+            if carry is not None and i % every == 0:
+                x[:, i].add_(_carried(x, i - 1, carry))
+            else:
+                x[:, i].add_(x[:, i - 1])  # add_ on the view: no write-back copy as with +=
         ctx.mark_dirty(x)
+        ctx.every, ctx.back = every, back
         return x
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        # The adjoint of an inclusive prefix sum is the reversed (suffix) sum.
-        grad = grad.clone()
-        for i in range(grad.shape[1] - 2, -1, -1):
-            grad[:, i].add_(grad[:, i + 1])
-        return grad
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:
+        # The adjoint of an inclusive prefix sum is the reversed (suffix) sum; that of a carry, its inverse.
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        for i in range(grad.shape[1] - 1, 0, -1):
+            if ctx.back is not None and i % ctx.every == 0:
+                grad[:, i - 1].add_(_carried(grad, i, ctx.back))
+            else:
+                grad[:, i - 1].add_(grad[:, i])
+        return grad, None, None, None
 
 
-def _prefix_sum_(x: Tensor) -> Tensor:
-    """Inclusive prefix sum over dim 1, in place. CUDA's cumsum is fast; the CPU one is not (see above)."""
+def _carried(x: Tensor, i: int, carry: Tensor) -> Tensor:
+    """Row i of x (R, n, Dk Dv), each of its R states permuted along Dk, as one ``index_select`` of whole Dv
+    rows of x's flattened (R n Dk, Dv) stack: ``carry`` (R Dk,) holds ``r n Dk + index[r, j]`` for row i = 0.
+    Returns (R, Dk Dv)."""
+    r, _, f = x.shape
+    dk = carry.numel() // r
+    return x.view(-1, f // dk).index_select(0, carry + i * dk).view(r, f)
+
+
+def _prefix_sum_(x: Tensor, frames: tuple[int, Tensor, Tensor] | None = None) -> Tensor:
+    """Inclusive prefix sum over dim 1, in place. CUDA's cumsum is fast; the CPU one is not (see above).
+    ``frames``: (chunks per frame, carry, inverse carry) as ``_RowLoopCumsum`` takes them (row loop on any
+    device)."""
+    if frames is not None:
+        return _RowLoopCumsum.apply(x, *frames)
     return _RowLoopCumsum.apply(x) if x.device.type == "cpu" else x.cumsum_(1)
 
 
-def _chunked_causal(q: Tensor, k: Tensor, v: Tensor, chunk: int, kv0: Tensor | None) -> Tensor:
-    """Causal numerator chunk by chunk, in the compute dtype; kv0 (B, H, Dk, Dv) is the prefix state or None.
+def _chunked_causal(q: Tensor, k: Tensor, v: Tensor, chunk: int, kv0: Tensor | None,
+                    frames: FrameCarry | None = None) -> Tensor:
+    """Causal numerator chunk by chunk, in the compute dtype; kv0 (B, H, Dk, Dv) is the prefix state or None;
+    ``frames``: q and k are given frame by frame (``FrameCarry``), and the prefix of states is carried from
+    frame to frame.
 
     Per chunk c: ``O_c = Q_c S_c^incl - strict_upper(Q_c K_c^T) V_c`` where S_c^incl is the inclusive prefix
     of the per-chunk states ``K_c^T V_c``. This equals docs/math.md's ``Q_c S_c^excl + tril(Q_c K_c^T) V_c``
@@ -142,14 +207,25 @@ def _chunked_causal(q: Tensor, k: Tensor, v: Tensor, chunk: int, kv0: Tensor | N
         q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
     nc = (n + pad) // chunk
     qc, kc, vc = (t.reshape(b * h * nc, chunk, t.shape[-1]) for t in (q, k, v))
+    carries = None if frames is None else (frames.rows // chunk, *(
+        _carry_rows(index, b, h, nc) for index in (frames.index, frames.inverse)))
     # matmul keeps its inputs, not its output, for backward, so updating its output in place is safe.
-    states = _prefix_sum_((kc.transpose(-1, -2) @ vc).view(b * h, nc, dk * dv))
+    states = _prefix_sum_((kc.transpose(-1, -2) @ vc).view(b * h, nc, dk * dv), carries)
+    del carries  # its indices, not held through the products below (a backward keeps what it needs)
     if kv0 is not None:
         states = states + kv0.reshape(b * h, 1, dk * dv)
     scores = (qc @ kc.transpose(-1, -2)).triu_(1)
     out = (qc @ states.view(b * h * nc, dk, dv)).baddbmm_(scores, vc, alpha=-1.0)
     out = out.view(b, h, nc * chunk, dv)
     return out[:, :, :n] if pad else out
+
+
+def _carry_rows(index: Tensor, b: int, h: int, nc: int) -> Tensor:
+    """A FrameCarry index (Dk,) or (H, Dk) as ``_carried`` takes it for states (B H, nc, Dk Dv):
+    ``r nc Dk + index[r, j]`` for every state r = (batch, head), flattened to (B H Dk,)."""
+    dk = index.shape[-1]
+    per_row = index.expand(b, h, dk).reshape(b * h, dk)
+    return (per_row + torch.arange(b * h, device=index.device)[:, None] * (nc * dk)).reshape(-1)
 
 
 def _quadratic(q: Tensor, k: Tensor, v: Tensor, causal: bool, kv0: Tensor | None) -> Tensor:
@@ -194,7 +270,8 @@ def linear_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True, no
                      eps: float = 1e-6, chunk_size: int = 64, impl: str = "auto",
                      denominator_features: tuple[Tensor, Tensor] | None = None,
                      initial_state: LinearAttentionState | None = None,
-                     return_state: bool = False) -> Tensor | tuple[Tensor, LinearAttentionState]:
+                     return_state: bool = False, frames: FrameCarry | None = None,
+                     ) -> Tensor | tuple[Tensor, LinearAttentionState]:
     """Linear attention on feature-mapped q, k (no feature map is applied here).
 
     Args:
@@ -210,6 +287,9 @@ def linear_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True, no
             k_sum) uses instead of q, k, e.g. features without positional transform (RoFormer Eq. 19).
         initial_state: causal only: the state of the tokens before this block (prefill, then decode).
         return_state: causal only: also return the state after the last token.
+        frames: q and k are given frame by frame (``FrameCarry``, from ``lrpe.LRPE.frame_pair``): causal,
+            impl "chunked" or "auto" (then the torch chunked form), no state, and with ``normalize`` the
+            ``denominator_features`` (q and k are not global features).
 
     Returns:
         (B, H, N, Dv) in v's dtype; with return_state, ``(out, LinearAttentionState)``.
@@ -222,6 +302,11 @@ def linear_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True, no
     _check_denominator_features(qd, kd, q)
     if initial_state is not None:
         _check_state(initial_state, q, v, kd)
+    if frames is not None:
+        _check_frames(frames, q, impl, chunk_size, causal=causal, normalize=normalize,
+                      has_denominator=denominator_features is not None,
+                      has_state=initial_state is not None or return_state)
+        impl = "chunked"
     compute = angle_dtype(q.dtype)
     out_dtype = v.dtype
     if impl in ("auto", *FORCED_FUSED):
@@ -244,7 +329,8 @@ def linear_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True, no
         num = _quadratic(q, k, v, causal, kv0)
         den = _quadratic_den(qd, kd, causal, k_sum0) if normalize else None
     else:
-        num = _chunked_causal(q, k, v, chunk_size, kv0) if causal else q @ (k.transpose(-1, -2) @ v)
+        num = (_chunked_causal(q, k, v, chunk_size, kv0, frames) if causal
+               else q @ (k.transpose(-1, -2) @ v))
         den = normalizer(qd, kd, causal=causal, k_sum=k_sum0) if normalize else None
     if normalize:
         num = num / (den + eps)[..., None]

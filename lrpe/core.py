@@ -5,6 +5,10 @@ Pipeline on already-projected q, k (B, H, N, D) and v (B, H, N, Dv):
     qk_transform (e.g. SPE; may change the width)  ->  feature map phi  ->  positional transform
     (LRPE or any module, e.g. RoPE)  ->  linear attention numerator  [ / denominator ]
 
+An LRPE-permutation before the causal torch chunked numerator on a CPU, with no state, hands the numerator
+frame-local features and the carry between frames instead (``LRPE.frame_pair``, docs/math.md section 2):
+the same numerator at a fraction of the gathering.
+
 With ``normalize=True`` the denominator is ``sum_{t<=s} phi(q_s) . phi(k_t) + eps`` computed on the
 feature-mapped but positionally *untransformed* q, k (RoFormer Eq. 19): transformed scores can be negative,
 so their sum can approach zero. The default, ``normalize=False``, is the LRPE paper's language model: no
@@ -18,8 +22,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from lrpe.attention import IMPLS, LinearAttentionState, linear_attention, linear_attention_step
-from lrpe.encoding import KINDS, LRPE
+from lrpe.attention import IMPLS, FrameCarry, LinearAttentionState, linear_attention, linear_attention_step
+from lrpe.encoding import FRAME_ROWS, KINDS, LRPE
 from lrpe.feature_maps import FeatureMap, get_feature_map
 from lrpe.kernels.dispatch import FUSED_IMPLS, fused_attention
 
@@ -106,9 +110,10 @@ class LinearAttentionCore(nn.Module):
         return (f"feature_map={name}, normalize={self.normalize}, eps={self.eps}, causal={self.causal}, "
                 f"impl={impl!r}, chunk_size={self.chunk_size}")
 
-    def _features(self, q: Tensor, k: Tensor, offset: int, keep_untransformed: bool = True
-                  ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(phi(q), phi(k)) before and after the positional transform, each (B, H, N, width).
+    def _features(self, q: Tensor, k: Tensor, offset: int, keep_untransformed: bool = True,
+                  frames: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor, FrameCarry | None]:
+        """(phi(q), phi(k)) before and after the positional transform, each (B, H, N, width), and the
+        ``FrameCarry`` when ``frames`` asked the LRPE for frame-local features (``LRPE.frame_pair``).
 
         Without ``keep_untransformed`` the first two are not used afterwards, so an LRPE may transform the
         feature maps in place when they are fresh temporaries outside autograd (inference)."""
@@ -116,13 +121,28 @@ class LinearAttentionCore(nn.Module):
             q, k = self.qk_transform(q, k, offset)
         qf, kf = self.feature_map(q), self.feature_map(k)
         if self.positional is None:
-            return qf, kf, qf, kf
+            return qf, kf, qf, kf, None
+        if frames:
+            return qf, kf, *self.positional.frame_pair(qf, kf, self._frame_rows())
         # LRPE and RoPE: Lambda^s computed once for q and k, and the same in-place licence for both, so that
         # neither encoding gets engineering the other lacks (docs/fairness.md).
         inplace = (not keep_untransformed and _fresh(qf, q) and _fresh(kf, k)
                    and not (torch.is_grad_enabled() and (qf.requires_grad or kf.requires_grad)))
         qp, kp = encode_pair(self.positional, qf, kf, offset, inplace=inplace)
-        return qf, kf, qp, kp
+        return qf, kf, qp, kp, None
+
+    def _frame_rows(self) -> int:
+        """The frame length: ``lrpe.encoding.FRAME_ROWS`` rounded to a multiple of the chunk size."""
+        return self.chunk_size * max(1, FRAME_ROWS // self.chunk_size)
+
+    def _takes_frames(self, q: Tensor, has_state: bool) -> bool:
+        """Whether the numerator reads frame-local features (``lrpe.attention.FrameCarry``): an LRPE-permutation
+        before the torch chunked causal numerator, stateless, on a CPU. Why a CPU: there the global features'
+        position-dependent gather is the cost (docs/fairness.md); a GPU gathers at copy speed and keeps
+        CUDA's cumsum, which the carries between frames would replace by a loop of small kernels."""
+        return (isinstance(self.positional, LRPE) and self.positional.kind == "permutation"
+                and self.impl in ("chunked", "auto") and self.causal and not has_state
+                and q.device.type == "cpu")
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, offset: int, state: LinearAttentionState | None,
                 return_state: bool) -> Tensor | tuple[Tensor, LinearAttentionState]:
@@ -133,15 +153,19 @@ class LinearAttentionCore(nn.Module):
             out = fused_attention(self, q, k, v, offset, has_state=state is not None or return_state)
             if out is not None:
                 return out
-        qf, kf, qp, kp = self._features(q, k, offset, keep_untransformed=need_untransformed)
+        frames = self._takes_frames(q, state is not None or return_state)
+        qf, kf, qp, kp, carry = self._features(q, k, offset, keep_untransformed=need_untransformed,
+                                               frames=frames)
         if callable(self.impl):
             if state is not None or return_state:
                 raise ValueError("prefill/step with state need a built-in impl, not an external kernel")
             return self.impl(qp, kp, v, causal=self.causal)
         den = (qf, kf) if need_untransformed else None
+        del qf, kf  # not held through the numerator unless den holds them (frame-local features are new)
         return linear_attention(
             qp, kp, v, causal=self.causal, normalize=self.normalize, eps=self.eps, chunk_size=self.chunk_size,
             impl=self.impl, denominator_features=den, initial_state=state, return_state=return_state,
+            frames=carry,
         )
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, offset: int = 0) -> Tensor:
@@ -165,7 +189,7 @@ class LinearAttentionCore(nn.Module):
         """
         if not self.causal:
             raise ValueError("step decodes causally; this core has causal=False")
-        qf, kf, qp, kp = self._features(q[:, :, None], k[:, :, None], offset)
+        qf, kf, qp, kp, _ = self._features(q[:, :, None], k[:, :, None], offset)
         return linear_attention_step(
             qp[:, :, 0], kp[:, :, 0], v, state, normalize=self.normalize, eps=self.eps,
             denominator_features=(qf[:, :, 0], kf[:, :, 0]),
