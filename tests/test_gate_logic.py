@@ -181,6 +181,39 @@ def test_update_and_command_line_on_stored_runs(tmp_path, capsys):
     assert main(["gate", "--budgets", str(path), "--run", str(tmp_path / "clean"), "--cycles", "5"]) == 2
 
 
+def test_a_partial_update_rebudgets_the_named_variant_and_keeps_every_other_entry(tmp_path):
+    """An intended change to one variant (c 1.25x slower) is budgeted from new runs with ``--variants``:
+    the next run with the change passes, every other entry is the old one to the byte, and the other
+    variants are gated as before (a 1.25x slower a still fails, naming a)."""
+    for seed in range(4):
+        synthetic_run(seed).save(tmp_path / f"run{seed}")
+        synthetic_run(10 + seed, slow={"c@torch": 1.25}).save(tmp_path / f"changed{seed}")
+    path = tmp_path / "budgets.json"
+    update(path, [tmp_path / f"run{seed}" for seed in range(4)], preset="synthetic", cycles=CYCLES)
+    before = Budgets.load(path)
+    synthetic_run(50, slow={"c@torch": 1.25}).save(tmp_path / "next")
+    assert not gate(path, tmp_path / "next").passed
+    assert main(["gate", "--update", "--budgets", str(path), "--variants", "c@torch",
+                 *[a for seed in range(4) for a in ("--run", str(tmp_path / f"changed{seed}"))]]) == 0
+    after = Budgets.load(path)
+    for check, entries in after.entries.items():
+        others = [e for e in entries if e.key["variant"] != "c@torch"]
+        assert others == [e for e in before.entries[check] if e.key["variant"] != "c@torch"]
+    c_ratio = [e.value for e in after.entries["ratio"] if e.key["variant"] == "c@torch"]
+    c_old = [e.value for e in before.entries["ratio"] if e.key["variant"] == "c@torch"]
+    assert len(c_ratio) == len(LENGTHS) and all(1.15 < a / b < 1.35 for a, b in zip(c_ratio, c_old, strict=True))
+    assert after.measured_on["partial_updates"][0]["variants"] == ["c@torch"]
+    assert gate(path, tmp_path / "next").passed
+    synthetic_run(51, slow={"c@torch": 1.25, "a@torch": 1.25}).save(tmp_path / "a_slow")
+    result = gate(path, tmp_path / "a_slow")
+    assert not result.passed and set(result.table.loc[~result.table["ok"].astype(bool), "variant"]) == {"a@torch"}
+    for variants, why in ((["ref@torch"], "may not name the reference"), (["z@torch"], "have no budget entries")):
+        with pytest.raises(ValueError, match=why):
+            update(path, [tmp_path / "changed0"], variants=variants)
+    with pytest.raises(ValueError, match="there is none at"):
+        update(tmp_path / "none.json", [tmp_path / "changed0"], variants=["c@torch"])
+
+
 def test_update_refuses_runs_that_did_not_finish_clean_or_lack_the_reference(tmp_path):
     run = synthetic_run(1)
     run.configs[3].status, run.configs[3].reason = "oom", "out of memory"

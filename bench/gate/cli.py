@@ -52,14 +52,19 @@ def gate(budgets_path: str | Path = DEFAULT_BUDGETS, run_dir: str | Path | None 
 def update(budgets_path: str | Path = DEFAULT_BUDGETS, run_dirs: list[str | Path] | None = None, *,
            runs: int = DEFAULT_UPDATE_RUNS, preset: str | None = None, cycles: int | None = None,
            rules: ToleranceRules | None = None, results_dir: str | Path = DEFAULT_RESULTS_DIR,
-           log=None) -> tuple[Budgets, str]:
+           variants: list[str] | None = None, log=None) -> tuple[Budgets, str]:
     """Write budgets from the gate runs ``run_dirs`` (or ``runs`` new ones): (budgets, summary text).
 
     An existing file's preset, reference, cycles, threads, peak readings and rules are kept unless given.
-    Refuses (ValueError, nothing written) runs with a config that was not ok, of different presets or
-    cycle counts, or without the reference's ratios (time would never be gated)."""
+    ``variants``: rewrite only these variants' entries and keep every other entry of the existing file (an
+    intended change to one variant, budgeted from new runs while the others keep the runs they were made
+    from; ``measured_on`` lists both). Refuses (ValueError, nothing written) runs with a config that was not
+    ok, of different presets or cycle counts, or without the reference's ratios (time would never be gated),
+    and ``variants`` without an existing file, naming the reference, or naming a variant of no budget entry."""
     path = Path(budgets_path)
     old = Budgets.load(path) if path.exists() else None
+    if variants is not None:
+        _check_partial(old, path, variants)
     preset = preset or (old.preset if old else DEFAULT_PRESET)
     first = GateRun.load(run_dirs[0]) if run_dirs else None
     reference = old.reference if old else (first.reference if first else DEFAULT_REFERENCE)
@@ -94,13 +99,48 @@ def update(budgets_path: str | Path = DEFAULT_BUDGETS, run_dirs: list[str | Path
                              f"(the run's reference is {run.reference}, its variants "
                              f"{sorted({e.variant for e in run.configs})})")
         measured.append(found)
-    budgets = Budgets(preset=preset, reference=reference, cycles=cycles, threads=threads,
-                      peak_readings=peak_readings, rules=rules, spec=loaded[0].preset,
-                      measured_on={**loaded[0].environment, "runs": [str(d) for d in run_dirs],
-                                   "updated_utc": now_utc()},
-                      entries=make_entries(measured, rules))
+    runs_made = {"runs": [str(d) for d in run_dirs], "updated_utc": now_utc()}
+    entries = make_entries(measured, rules)
+    if variants is None:
+        budgets = Budgets(preset=preset, reference=reference, cycles=cycles, threads=threads,
+                          peak_readings=peak_readings, rules=rules, spec=loaded[0].preset,
+                          measured_on={**loaded[0].environment, **runs_made}, entries=entries)
+    else:
+        if loaded[0].preset != old.spec:
+            raise ValueError(f"{run_dirs[0]} ran another preset than the budgets were made with; a partial update "
+                             "needs runs of the same preset")
+        missing = sorted(set(variants) - {e.key["variant"] for e in entries["ratio"]})
+        if missing:
+            raise ValueError(f"the runs have no time ratios of {missing}")
+        keep = {check: [e for e in old.entries[check] if e.key["variant"] not in variants] for check in old.entries}
+        new = {check: [e for e in entries[check] if e.key["variant"] in variants] for check in entries}
+        partial = [*old.measured_on.get("partial_updates", []), {"variants": sorted(variants), **runs_made}]
+        budgets = Budgets(preset=old.preset, reference=old.reference, cycles=old.cycles, threads=old.threads,
+                          peak_readings=old.peak_readings, rules=rules, spec=old.spec,
+                          measured_on={**old.measured_on, "partial_updates": partial})
+        # In make_entries' order (sorted by key), so that the file's diff shows only the rewritten entries.
+        budgets.entries = {check: sorted(keep.get(check, []) + new.get(check, []),
+                                         key=lambda e, check=check: budgets.key_of(check, e)) for check in entries}
     budgets.save(path)
-    return budgets, budget_summary(budgets, len(run_dirs)) + f"\nbudgets written to {path}"
+    summary = budget_summary(budgets, len(run_dirs))
+    if variants is not None:
+        summary += (f"\nrewrote the entries of {', '.join(sorted(variants))} from these {len(run_dirs)} runs; every "
+                    "other entry is kept from the runs it was made from")
+    return budgets, summary + f"\nbudgets written to {path}"
+
+
+def _check_partial(old: Budgets | None, path: Path, variants: list[str]) -> None:
+    """A partial update replaces entries of an existing file, never the reference's (every ratio divides by
+    its calls), and only variants the file budgets."""
+    if old is None:
+        raise ValueError(f"--variants rewrites some entries of an existing budget file; there is none at {path}")
+    if old.reference in variants:
+        raise ValueError(f"--variants may not name the reference {old.reference}: every ratio divides by its "
+                         "calls; update the whole file instead")
+    known = {e.key["variant"] for e in old.entries["ratio"]}
+    unknown = sorted(set(variants) - known)
+    if unknown:
+        raise ValueError(f"--variants {unknown} have no budget entries in {path}; budgeted: {sorted(known)}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -118,6 +158,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default=None, help=f"with --update: the gate preset (default {DEFAULT_PRESET})")
     parser.add_argument("--cycles", type=int, default=None,
                         help=f"with --update: timing cycles per gate run (default {DEFAULT_CYCLES})")
+    parser.add_argument("--variants", default=None,
+                        help="with --update: rewrite only these variants' entries (comma-separated), keeping the "
+                             "rest of the budget file")
     parser.add_argument("--results-dir", dest="results_dir", type=Path, default=DEFAULT_RESULTS_DIR,
                         help=f"where gate runs are stored (default {DEFAULT_RESULTS_DIR}/)")
 
@@ -131,13 +174,14 @@ def main(args: argparse.Namespace) -> int:
         return _quality(args)
     args.budgets = args.budgets or DEFAULT_BUDGETS
     if args.update:
+        variants = None if args.variants is None else [v for v in args.variants.split(",") if v]
         _budgets, text = update(args.budgets, args.run_dirs, runs=args.runs, preset=args.preset,
-                                cycles=args.cycles, results_dir=args.results_dir, log=log)
+                                cycles=args.cycles, results_dir=args.results_dir, variants=variants, log=log)
         print(text)
         return 0
-    if args.preset is not None or args.cycles is not None:
-        raise ValueError("--preset and --cycles choose what --update makes budgets from; without --update the gate "
-                         f"runs the preset and cycles of its budget file ({args.budgets})")
+    if args.preset is not None or args.cycles is not None or args.variants is not None:
+        raise ValueError("--preset, --cycles and --variants choose what --update makes budgets from; without "
+                         f"--update the gate runs the preset and cycles of its budget file ({args.budgets})")
     if args.run_dirs and len(args.run_dirs) > 1:
         raise ValueError(f"the gate reads one run (got {len(args.run_dirs)} --run); several runs go with --update")
     result = gate(args.budgets, args.run_dirs[0] if args.run_dirs else None, results_dir=args.results_dir, log=log)
