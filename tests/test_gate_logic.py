@@ -212,6 +212,8 @@ def test_a_partial_update_rebudgets_the_named_variant_and_keeps_every_other_entr
             update(path, [tmp_path / "changed0"], variants=variants)
     with pytest.raises(ValueError, match="there is none at"):
         update(tmp_path / "none.json", [tmp_path / "changed0"], variants=["c@torch"])
+    with pytest.raises(ValueError, match="keeps the file's tolerance rules"):
+        update(path, [tmp_path / "changed0"], variants=["c@torch"], rules=ToleranceRules(margin=3.0))
 
 
 def test_update_refuses_runs_that_did_not_finish_clean_or_lack_the_reference(tmp_path):

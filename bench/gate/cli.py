@@ -64,7 +64,7 @@ def update(budgets_path: str | Path = DEFAULT_BUDGETS, run_dirs: list[str | Path
     path = Path(budgets_path)
     old = Budgets.load(path) if path.exists() else None
     if variants is not None:
-        _check_partial(old, path, variants)
+        _check_partial(old, path, variants, rules)
     preset = preset or (old.preset if old else DEFAULT_PRESET)
     first = GateRun.load(run_dirs[0]) if run_dirs else None
     reference = old.reference if old else (first.reference if first else DEFAULT_REFERENCE)
@@ -129,11 +129,14 @@ def update(budgets_path: str | Path = DEFAULT_BUDGETS, run_dirs: list[str | Path
     return budgets, summary + f"\nbudgets written to {path}"
 
 
-def _check_partial(old: Budgets | None, path: Path, variants: list[str]) -> None:
+def _check_partial(old: Budgets | None, path: Path, variants: list[str], rules: ToleranceRules | None) -> None:
     """A partial update replaces entries of an existing file, never the reference's (every ratio divides by
-    its calls), and only variants the file budgets."""
+    its calls), only variants the file budgets, and under the file's tolerance rules (the kept entries' were
+    derived by them)."""
     if old is None:
         raise ValueError(f"--variants rewrites some entries of an existing budget file; there is none at {path}")
+    if rules is not None and rules != old.rules:
+        raise ValueError(f"a partial update keeps the file's tolerance rules {old.rules}; got {rules}")
     if old.reference in variants:
         raise ValueError(f"--variants may not name the reference {old.reference}: every ratio divides by its "
                          "calls; update the whole file instead")
