@@ -20,6 +20,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor, nn
 
+from lrpe.checks import check_pair
 from lrpe.rotation import (
     LAYOUTS,
     Layout,
@@ -155,9 +156,7 @@ class RoPE(nn.Module):
 
         inplace: q and k are temporaries the caller gives up (outside autograd): they may be overwritten and
         returned, as LRPE-orthogonal does with its features."""
-        if q.shape != k.shape or q.dtype != k.dtype:
-            raise ValueError(f"q and k must share shape and dtype, got {q.dtype} {tuple(q.shape)} and "
-                             f"{k.dtype} {tuple(k.shape)}")
+        check_pair(q, k)
         self._check(q)
         phasors = rope_phasors(q.shape[-2], self.head_dim, offset=offset, base=self.base, device=q.device,
                                dtype=angle_dtype(q.dtype))

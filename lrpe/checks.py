@@ -27,6 +27,14 @@ def check_qk(q: Tensor, k: Tensor) -> None:
         raise ValueError(f"head dim D must be >= 1, got D={q.shape[-1]}")
 
 
+def check_pair(q: Tensor, k: Tensor) -> None:
+    """q and k that a positional transform encodes together (``forward_pair``) share shape and dtype; any rank.
+    Raises ValueError naming both."""
+    if q.shape != k.shape or q.dtype != k.dtype:
+        raise ValueError(f"q and k must share shape and dtype, got {q.dtype} {tuple(q.shape)} and "
+                         f"{k.dtype} {tuple(k.shape)}")
+
+
 def check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
     """Check q, k of shape (B, H, N, D) and v of shape (B, H, N, Dv): 4-D, floating, matching, N >= 1,
     one dtype and device. Raises ValueError naming the offending shape or dtype.

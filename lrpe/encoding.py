@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from lrpe.attention import FrameCarry
+from lrpe.checks import check_pair
 from lrpe.pmatrix import P_CHOICES, make_p
 from lrpe.rotation import angle_dtype, inverse_frequencies, position_phasors, rotate_interleaved
 
@@ -318,9 +319,7 @@ class LRPE(nn.Module):
         """``(forward(q, offset), forward(k, offset))`` for q, k of one shape, computing Lambda^s once.
 
         inplace: q and k are temporaries the caller gives up (see ``transform``)."""
-        if q.shape != k.shape or q.dtype != k.dtype:
-            raise ValueError(f"q and k must share shape and dtype, got {q.dtype} {tuple(q.shape)} and "
-                             f"{k.dtype} {tuple(k.shape)}")
+        check_pair(q, k)
         self._check_input(q)
         if self.kind == "permutation" and inplace:
             return self._permute_pair_in_place(q, k, offset)
@@ -342,9 +341,7 @@ class LRPE(nn.Module):
             raise ValueError(f"frame_pair needs kind 'permutation', this LRPE is {self.kind!r}")
         if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
             raise ValueError(f"rows must be an int >= 1, got {rows!r}")
-        if q.shape != k.shape or q.dtype != k.dtype:
-            raise ValueError(f"q and k must share shape and dtype, got {q.dtype} {tuple(q.shape)} and "
-                             f"{k.dtype} {tuple(k.shape)}")
+        check_pair(q, k)
         self._check_input(q)
         table, back, index, inverse = self._frame_tables(rows)
         n = q.shape[-2]
@@ -367,9 +364,8 @@ class LRPE(nn.Module):
         cached = self.__dict__.get("_frame_cache")
         if key is not None and cached is not None and cached[0] == key:
             return cached[1]
-        positions = torch.arange(rows, device=self.cycle_pos.device)
-        steps = self.permutation_index(torch.tensor([-rows, rows], device=positions.device))
-        tables = (self.permutation_index(positions), self.permutation_index(-positions),
+        steps = self.permutation_index(torch.tensor([-rows, rows], device=self.cycle_pos.device))
+        tables = (self._permutation_table_at(0, rows), self._permutation_table_at(0, rows, -1),
                   steps[..., 0, :], steps[..., 1, :])
         if key is not None:
             self.__dict__["_frame_cache"] = (key, tables)
